@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make repro` (set up + whole pipeline), `make test` (set up + tests).
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The exact torch build. Here pip finds the CPU wheel of this release on local disk; on a GPU
+# machine PyPI's Linux wheel of the same release is a CUDA build. For another CUDA version:
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup data repro test lint lock clean-venv
+setup: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	$(BIN)/python -m pip install -r requirements.lock -e ".[dev]"
+	touch $@
+
+data: setup
+	dvc pull data/raw/snips.dvc data/raw/atis.dvc
+
+repro: data
+	dvc repro
+
+test: setup
+	python -m pytest -q
+
+lint: setup
+	ruff check src stages tests
+
+# Refresh requirements.lock from the venv (torch is pinned above, not in the lock).
+lock: setup
+	{ echo '# Exact versions of every dependency (torch excepted: see the Makefile), from `make lock`.'; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i '^torch=='; } > requirements.lock
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,73 @@
+"""Export a checkpoint as a self-contained bundle (see twinhead.predictor for the layout)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from twinhead import fileio
+from twinhead.checkpoint import load_checkpoint
+from twinhead.predictor import BUNDLE_FORMAT, CONFIG, VOCAB, WEIGHTS, sha256_file
+
+
+def export_bundle(checkpoint: str | Path, out_dir: str | Path) -> dict:
+    """Write weights (safetensors), vocab and config with hashes; returns the config written."""
+    from safetensors.torch import save_file
+
+    model, vocabs, ckpt = load_checkpoint(checkpoint)
+    with fileio.atomic_dir(out_dir) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS))
+        lists = vocabs.to_lists()
+        (tmp / VOCAB).write_text(json.dumps(lists, ensure_ascii=False), encoding="utf-8")
+        cfg = {
+            "format": BUNDLE_FORMAT,
+            "model_config": ckpt["model_config"],
+            "preprocess": ckpt["preprocess"],
+            "sizes": {k: len(v) for k, v in lists.items()},
+            "sha256": {WEIGHTS: sha256_file(tmp / WEIGHTS), VOCAB: sha256_file(tmp / VOCAB)},
+            "intents": lists["intents"],
+            "slot_types": sorted({t[2:] for t in lists["tags"] if t != "O"}),
+            "trained": {k: ckpt[k] for k in ("best_epoch", "dev_scores", "device") if k in ckpt},
+        }
+        fileio.write_json(tmp / CONFIG, cfg)
+    return cfg
+
+
+def log_pyfunc_model(tracker, bundle: str | Path, registered_name: str, example_texts: list[str],
+                     example_output: list[dict]) -> str | None:
+    """Log the bundle as an MLflow pyfunc model (models-from-code: twinhead/mlflow_model.py, no
+    pickle), register it under `registered_name` and give the new version the alias `candidate`."""
+
+    def _log(client):
+        import mlflow
+        import pandas as pd
+        import safetensors
+        import spacy
+        import torch
+        from mlflow.models import infer_signature
+
+        import twinhead
+
+        mlflow.set_tracking_uri(tracker.uri)
+        example = pd.DataFrame({"text": example_texts})
+        with mlflow.start_run(run_id=tracker.run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=importlib.util.find_spec("twinhead.mlflow_model").origin,
+                artifacts={"bundle": str(Path(bundle).resolve())},
+                code_paths=[str(Path(twinhead.__file__).parent)],
+                signature=infer_signature(example, example_output),
+                input_example=example,
+                registered_model_name=registered_name,
+                # Explicit, so MLflow does not load the model in a subprocess to infer them.
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                  f"safetensors=={safetensors.__version__}", f"spacy=={spacy.__version__}",
+                                  f"mlflow=={mlflow.__version__}", f"pandas=={pd.__version__}"],
+            )
+        version = info.registered_model_version
+        if version is not None:
+            client.set_registered_model_alias(registered_name, "candidate", version)
+        return f"models:/{registered_name}/{version}"
+
+    return tracker.call(_log, "the model (and its registry version)")

@@ -1,0 +1,144 @@
+"""Turn a raw dataset into per-split tables: tokens, gold tags, intent, and the stop-word-filtered view.
+
+Each split keeps its original tokens and gold tags (every metric is computed against them) beside
+`keep` (positions kept after stop-word removal), `words` (the normalized kept tokens the model reads)
+and `word_tags` (their tags). The stop-word rule is learned from train only and saved in meta.json,
+so prediction applies exactly the same rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from twinhead import fileio
+from twinhead.readers import SPLITS, Example, SplitReport, read_dataset
+from twinhead.text import bio_to_spans, get_nlp, keep_positions, normalize, removable_stopwords
+
+
+@dataclass
+class PreprocessConfig:
+    lang: str = "en"  # spaCy language for spacy.blank(lang)
+    lowercase: bool = True  # lowercase the words the model reads
+    remove_stopwords: bool = True  # drop spaCy stop words (their tags go with them)
+    keep_entity_stopwords: bool = True  # ...except words seen inside training entities
+
+
+def entity_words(examples: list[Example]) -> set[str]:
+    words = set()
+    for ex in examples:
+        for s, e, _ in bio_to_spans(ex.tags):
+            words.update(t.lower() for t in ex.tokens[s:e])
+    return words
+
+
+def stopword_rule(cfg: PreprocessConfig, train: list[Example]) -> list[str]:
+    """The removable stop words, from spaCy's list and the train split only."""
+    if not cfg.remove_stopwords:
+        return []
+    nlp = get_nlp(cfg.lang)
+    keep = entity_words(train) if cfg.keep_entity_stopwords else set()
+    return sorted(removable_stopwords(nlp, keep))
+
+
+def to_frame(examples: list[Example], removable: frozenset[str], lowercase: bool) -> pd.DataFrame:
+    rows = []
+    for ex in examples:
+        kept = keep_positions(ex.tokens, removable)
+        rows.append({
+            "source": ex.source,
+            "text": ex.text,
+            "intent": ex.intent,
+            "tokens": ex.tokens,
+            "tags": ex.tags,
+            "offsets": ex.offsets,
+            "keep": kept,
+            "words": [normalize(ex.tokens[i], lowercase) for i in kept],
+            "word_tags": [ex.tags[i] for i in kept],
+        })
+    return pd.DataFrame(rows, columns=["source", "text", "intent", "tokens", "tags", "offsets",
+                                       "keep", "words", "word_tags"])
+
+
+def slot_types(tags_col) -> set[str]:
+    return {t[2:] for tags in tags_col for t in tags if t != "O"}
+
+
+def data_report(frames: dict[str, pd.DataFrame], reports: dict[str, SplitReport]) -> dict:
+    train_intents = set(frames["train"]["intent"])
+    train_slots = slot_types(frames["train"]["tags"])
+    out = {}
+    for split, df in frames.items():
+        n_tokens = int(df["tokens"].map(len).sum())
+        intents = set(df["intent"])
+        slots = slot_types(df["tags"])
+        out[split] = {
+            "sentences": len(df),
+            "tokens": n_tokens,
+            "removed_stopwords": n_tokens - int(df["keep"].map(len).sum()),
+            "skipped_lines": len(reports[split].skipped),
+            "labels": len(intents),
+            "slot_types": len(slots),
+            "labels_unseen_in_train": len(intents - train_intents),
+            "slot_types_unseen_in_train": len(slots - train_slots),
+        }
+    return out
+
+
+def preprocess(raw: str | Path, data: dict, cfg: PreprocessConfig, seed: int):
+    """Read the raw dataset and build the per-split frames, the meta record and the data report.
+
+    Args:
+        raw: dataset folder (BIO folder or JSONL format).
+        data: the `data` params section (format, on_error, dev_fraction).
+        cfg: preprocessing settings.
+        seed: seeds the dev hold-out for JSONL data without dev.jsonl.
+    """
+    splits, reports = read_dataset(raw, data.get("format", "auto"), cfg.lang, data.get("on_error", "raise"),
+                                   data.get("dev_fraction", 0.1), seed)
+    removable = stopword_rule(cfg, splits["train"])
+    frozen = frozenset(removable)
+    frames = {s: to_frame(splits[s], frozen, cfg.lowercase) for s in SPLITS}
+    meta = {
+        "lang": cfg.lang,
+        "lowercase": cfg.lowercase,
+        "remove_stopwords": cfg.remove_stopwords,
+        "removable_stopwords": removable,
+    }
+    report = data_report(frames, reports)
+    skipped = {s: r.skipped for s, r in reports.items() if r.skipped}
+    return frames, meta, report, skipped
+
+
+def write_outputs(out_dir: str | Path, frames: dict[str, pd.DataFrame], meta: dict, skipped: dict) -> None:
+    out_dir = Path(out_dir)
+    with fileio.atomic_dir(out_dir) as tmp:
+        for split, df in frames.items():
+            df.to_parquet(tmp / f"{split}.parquet", engine="pyarrow", index=False)
+        fileio.write_json(tmp / "meta.json", meta)
+        fileio.write_json(tmp / "skipped.json", skipped)
+
+
+def load_split(processed: str | Path, split: str) -> pd.DataFrame:
+    return pd.read_parquet(Path(processed) / f"{split}.parquet", engine="pyarrow")
+
+
+def dataset_identity(raw: Path) -> dict:
+    """Name, path and digest of the dataset: the md5 in its DVC pointer file when there is one."""
+    import hashlib
+
+    import yaml
+
+    pointer = raw.parent / f"{raw.name}.dvc"
+    if pointer.exists():
+        with open(pointer, encoding="utf-8") as fh:
+            outs = (yaml.safe_load(fh) or {}).get("outs") or [{}]
+        if outs[0].get("md5"):
+            return {"name": raw.name, "path": str(raw), "digest": outs[0]["md5"], "digest_source": "dvc"}
+    h = hashlib.md5()
+    for f in sorted(p for p in raw.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(raw)).encode())
+        h.update(f.read_bytes())
+    return {"name": raw.name, "path": str(raw), "digest": h.hexdigest(), "digest_source": "md5 of files"}

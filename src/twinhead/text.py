@@ -1,0 +1,110 @@
+"""Text handling shared by training and prediction: spaCy tokenization, BIO <-> spans, stop words.
+
+Everything here is applied identically at training and prediction time, so it lives in one place.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+from twinhead.errors import TwinheadError
+
+TAG_RE = re.compile(r"^(O|[BI]-\S+)$")
+
+
+@functools.lru_cache(maxsize=8)
+def get_nlp(lang: str):
+    """A blank spaCy pipeline: tokenizer and stop words, no download."""
+    import spacy
+
+    try:
+        return spacy.blank(lang)
+    except (ImportError, KeyError, ValueError) as e:
+        raise TwinheadError(f"params: preprocess.lang={lang!r} is not a language spaCy knows ({e})") from e
+
+
+def tokenize(nlp, text: str) -> tuple[list[str], list[int]]:
+    """spaCy tokens of `text` (whitespace tokens dropped) and each token's character offset."""
+    doc = nlp.make_doc(text)
+    tokens, offsets = [], []
+    for tok in doc:
+        if tok.is_space:
+            continue
+        tokens.append(tok.text)
+        offsets.append(tok.idx)
+    return tokens, offsets
+
+
+def bio_error(tags: list[str]) -> str | None:
+    """Why `tags` is not a valid BIO sequence (strict: I-x must follow B-x or I-x), or None."""
+    prev = "O"
+    for i, tag in enumerate(tags):
+        if not TAG_RE.match(tag):
+            return f"invalid tag {tag!r} at token {i + 1} (expected O, B-<type> or I-<type>)"
+        if tag.startswith("I-") and prev[2:] != tag[2:]:
+            return f"invalid BIO sequence: {tag!r} at token {i + 1} follows {prev!r}"
+        prev = tag
+    return None
+
+
+def bio_to_spans(tags: list[str]) -> list[tuple[int, int, str]]:
+    """Chunks as (start, end_exclusive, type), conlleval semantics.
+
+    An I-x that does not continue an x chunk starts a new chunk, as in conlleval and seqeval's
+    default mode, so predicted sequences that are not valid BIO are still scored the standard way.
+    """
+    spans = []
+    start, typ = None, None
+    for i, tag in enumerate(list(tags) + ["O"]):
+        prefix, _, t = tag.partition("-")
+        if prefix not in ("B", "I") or not t:
+            prefix, t = "O", ""
+        ends = typ is not None and (prefix in ("O", "B") or t != typ)
+        if ends:
+            spans.append((start, i, typ))
+            start, typ = None, None
+        if prefix == "B" or (prefix == "I" and typ is None):
+            start, typ = i, t
+    return spans
+
+
+def spans_to_bio(n: int, spans: list[tuple[int, int, str]]) -> list[str]:
+    tags = ["O"] * n
+    for s, e, t in spans:
+        tags[s] = f"B-{t}"
+        for i in range(s + 1, e):
+            tags[i] = f"I-{t}"
+    return tags
+
+
+def removable_stopwords(nlp, entity_words: set[str] | None = None) -> set[str]:
+    """spaCy's stop words, minus words seen inside training entities ("the" in "the beatles")."""
+    words = {w.lower() for w in nlp.Defaults.stop_words}
+    if entity_words:
+        words -= {w.lower() for w in entity_words}
+    return words
+
+
+def keep_positions(tokens: list[str], removable: set[str] | frozenset[str]) -> list[int]:
+    """Indices of tokens kept after stop-word removal.
+
+    A sentence made only of stop words is kept whole: an empty input would give the model
+    nothing to classify.
+    """
+    if not removable:
+        return list(range(len(tokens)))
+    kept = [i for i, t in enumerate(tokens) if t.lower() not in removable]
+    return kept if kept else list(range(len(tokens)))
+
+
+def map_back(n: int, kept: list[int], kept_tags: list[str]) -> list[str]:
+    """Tags for every original token: predictions at kept positions, O where a token was removed."""
+    full = ["O"] * n
+    for i, tag in zip(kept, kept_tags):
+        full[i] = tag
+    return full
+
+
+def normalize(token: str, lowercase: bool) -> str:
+    return token.lower() if lowercase else token

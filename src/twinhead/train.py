@@ -1,0 +1,287 @@
+"""Joint training: loss = intent_weight * CE(intent) + tag_weight * CE(tags), padding masked out.
+
+Seeded and resumable: a full training state (model, optimizer, scheduler, RNG states, epoch, best
+score and weights) is written after every epoch, so a killed run started again continues where it
+stopped and ends exactly where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from twinhead import fileio
+from twinhead.checkpoint import build_model, safe_torch_load
+from twinhead.errors import TwinheadError
+from twinhead.inference import collate, encode, predict_mapped
+from twinhead.metrics import summary
+from twinhead.model import ModelConfig
+from twinhead.vocab import Vocabs
+
+STATE_FORMAT = "twinhead-train-state/1"
+METRICS = ("intent_accuracy", "slot_f1", "sentence_accuracy")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20  # maximum epochs
+    batch_size: int = 32
+    lr: float = 2e-3  # Adam learning rate
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"  # 'cosine' (anneal to 0 over `epochs`) or 'none'
+    grad_clip: float = 5.0  # max gradient norm; 0 turns clipping off
+    intent_weight: float = 1.0  # loss weight of the intent task
+    tag_weight: float = 1.0  # loss weight of the tagging task
+    word_dropout: float = 0.25  # probability of reading a word seen once in train as <unk>
+    patience: int = 5  # epochs without dev improvement before stopping; 0 never stops early
+    early_stop_metric: str = "sentence_accuracy"  # dev metric: intent_accuracy, slot_f1 or sentence_accuracy
+    device: str = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'...
+    deterministic: bool = True  # deterministic kernels (on GPU: cuDNN deterministic, see README)
+    threads: int = 0  # CPU threads for torch; 0 = torch's default
+    eval_batch_size: int = 256
+
+    def __post_init__(self):
+        if self.early_stop_metric not in METRICS:
+            raise ValueError(f"train.early_stop_metric must be one of {METRICS}")
+        if self.scheduler not in ("cosine", "none"):
+            raise ValueError("train.scheduler must be 'cosine' or 'none'")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("train.epochs and train.batch_size must be positive")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TwinheadError(f"params: train.device={name!r} but CUDA is not available here")
+    return torch.device(name)
+
+
+def set_determinism(seed: int, tcfg: TrainConfig) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    if tcfg.deterministic:
+        # cuBLAS needs this before its first use to be deterministic; cuDNN's LSTM is deterministic
+        # only with cudnn.deterministic (see README, "Determinism").
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def fingerprint(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+class TrainData:
+    """Encoded train split: word ids, char ids, tag ids, intent id, and which words are singletons."""
+
+    def __init__(self, df: pd.DataFrame, vocabs: Vocabs, mcfg: ModelConfig):
+        self.items, self.tags, self.intents, self.single = [], [], [], []
+        self.truncated = 0
+        counts = Counter(w for ws in df["words"] for w in ws)
+        for ws, ts, intent in zip(df["words"], df["word_tags"], df["intent"]):
+            ws, ts = list(ws), list(ts)
+            if not ws:
+                continue
+            if len(ws) > mcfg.max_len:  # training reads the first max_len words; counted and reported
+                self.truncated += 1
+                ws, ts = ws[: mcfg.max_len], ts[: mcfg.max_len]
+            self.items.append(encode(ws, vocabs, mcfg.max_word_len))
+            self.tags.append(vocabs.tags.encode(ts))
+            self.intents.append(vocabs.intents.index(intent))
+            self.single.append([counts[w] == 1 for w in ws])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def batches(self, batch_size: int, gen: torch.Generator, pool: int = 50) -> list[list[int]]:
+        """Shuffled batches of similar lengths (less padding): sort within pools of
+        pool * batch_size shuffled sentences, cut into batches, shuffle the batches."""
+        order = torch.randperm(len(self.items), generator=gen).tolist()
+        out = []
+        step = batch_size * pool
+        for p in range(0, len(order), step):
+            chunk = sorted(order[p : p + step], key=lambda i: len(self.items[i][0]))
+            out.extend(chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size))
+        return [out[k] for k in torch.randperm(len(out), generator=gen).tolist()]
+
+    def batch(self, idx: list[int], device, word_dropout: float, gen: torch.Generator):
+        words, chars, mask = collate([self.items[i] for i in idx], "cpu")
+        tags = torch.full(words.shape, -100, dtype=torch.long)  # -100: ignored by the loss (padding)
+        single = torch.zeros(words.shape, dtype=torch.bool)
+        for r, i in enumerate(idx):
+            tags[r, : len(self.tags[i])] = torch.tensor(self.tags[i])
+            single[r, : len(self.single[i])] = torch.tensor(self.single[i])
+        if word_dropout > 0:
+            drop = (torch.rand(words.shape, generator=gen) < word_dropout) & single
+            words = words.masked_fill(drop, 1)  # 1 = <unk>
+        intents = torch.tensor([self.intents[i] for i in idx])
+        return (words.to(device), chars.to(device), mask.to(device), tags.to(device), intents.to(device))
+
+
+def evaluate_frame(model, vocabs: Vocabs, df: pd.DataFrame, batch_size: int) -> tuple[dict, list[str], list]:
+    pred_intents, _, pred_tags = predict_mapped(model, vocabs, df, batch_size)
+    scores, _, _ = summary(list(df["intent"]), pred_intents, [list(t) for t in df["tags"]], pred_tags)
+    return scores, pred_intents, pred_tags
+
+
+@dataclass
+class TrainResult:
+    best_state: dict
+    best_epoch: int
+    best_scores: dict
+    history: list[dict]
+    device: str
+    resumed_from: int  # epochs already done when this run started (0: fresh)
+    truncated: int
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    st = {"torch": torch.get_rng_state(), "gen": gen.get_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict, gen: torch.Generator) -> None:
+    torch.set_rng_state(st["torch"])
+    gen.set_state(st["gen"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def train(
+    train_df: pd.DataFrame,
+    dev_df: pd.DataFrame,
+    vocabs: Vocabs,
+    mcfg: ModelConfig,
+    tcfg: TrainConfig,
+    seed: int,
+    state_path: str | Path | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the joint model, early-stopping on a dev metric; return the best weights and the history.
+
+    Args:
+        train_df, dev_df: processed splits (columns words, word_tags, intent, tokens, tags, keep).
+        vocabs: vocabularies built from train.
+        mcfg, tcfg: model and training settings.
+        seed: seeds weights, batch order, dropout and word dropout.
+        state_path: where the per-epoch training state lives; a matching state there is resumed.
+        on_epoch: called with each epoch's log row (for progress logging / MLflow).
+        progress: show a progress bar per epoch.
+    """
+    from tqdm import tqdm
+
+    set_determinism(seed, tcfg)
+    device = resolve_device(tcfg.device)
+    data = TrainData(train_df, vocabs, mcfg)
+    if len(data) == 0:
+        raise TwinheadError("train split has no sentences with words")
+    model = build_model(mcfg.to_dict(), vocabs).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    steps_per_epoch = len(data.batches(tcfg.batch_size, torch.Generator().manual_seed(0)))
+    if tcfg.scheduler == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tcfg.epochs * steps_per_epoch)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    gen = torch.Generator().manual_seed(seed)
+    ce = nn.CrossEntropyLoss(ignore_index=-100)
+
+    fp = fingerprint(mcfg.to_dict(), asdict(tcfg) | {"device": None, "threads": None}, seed, vocabs.to_lists(),
+                     train_df[["words", "word_tags", "intent"]].map(list).values.tolist(),
+                     dev_df[["words", "tags", "intent"]].map(list).values.tolist())
+    start_epoch, best_score, best_epoch, bad, history = 0, -1.0, 0, 0, []
+    best_state, best_scores = None, {}
+    if state_path and Path(state_path).exists():
+        st = safe_torch_load(state_path)
+        if st.get("format") == STATE_FORMAT and st.get("fingerprint") == fp:
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["optimizer"])
+            sched.load_state_dict(st["scheduler"])
+            _set_rng_state(st["rng"], gen)
+            start_epoch, best_score, best_epoch, bad = st["epoch"], st["best_score"], st["best_epoch"], st["bad"]
+            history, best_state, best_scores = st["history"], st["best_state"], st["best_scores"]
+            print(f"resuming from the training state after epoch {start_epoch} ({state_path})", flush=True)
+        else:
+            print(f"ignoring {state_path}: it belongs to other params or data", flush=True)
+    resumed_from = start_epoch
+
+    for epoch in range(start_epoch + 1, tcfg.epochs + 1):
+        if tcfg.patience and bad >= tcfg.patience:
+            break
+        t0 = time.perf_counter()
+        model.train()
+        batches = data.batches(tcfg.batch_size, gen)
+        sums = {"loss": 0.0, "intent_loss": 0.0, "tag_loss": 0.0}
+        bar = tqdm(batches, desc=f"epoch {epoch}/{tcfg.epochs}", unit="batch", disable=not progress,
+                   mininterval=1.0, leave=False)
+        for idx in bar:
+            words, chars, mask, tags, intents = data.batch(idx, device, tcfg.word_dropout, gen)
+            intent_logits, tag_logits = model(words, chars, mask)
+            li = ce(intent_logits, intents)
+            lt = ce(tag_logits.reshape(-1, tag_logits.shape[-1]), tags.reshape(-1))
+            loss = tcfg.intent_weight * li + tcfg.tag_weight * lt
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tcfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            opt.step()
+            sched.step()
+            n = len(intents)
+            sums["loss"] += loss.item() * n
+            sums["intent_loss"] += li.item() * n
+            sums["tag_loss"] += lt.item() * n
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        bar.close()
+        dev, _, _ = evaluate_frame(model, vocabs, dev_df, tcfg.eval_batch_size)
+        row = {"epoch": epoch}
+        row.update({f"train_{k}": v / len(data) for k, v in sums.items()})
+        row.update({f"dev_{k}": dev[k] for k in METRICS})
+        row["lr"] = opt.param_groups[0]["lr"]
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        score = dev[tcfg.early_stop_metric]
+        if score > best_score:
+            best_score, best_epoch, bad = score, epoch, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_scores = {f"dev_{k}": v for k, v in dev.items()}
+        else:
+            bad += 1
+        print(f"epoch {epoch}: loss {row['train_loss']:.4f} (intent {row['train_intent_loss']:.4f}, tags "
+              f"{row['train_tag_loss']:.4f}) | dev intent acc {dev['intent_accuracy']:.4f} slot F1 "
+              f"{dev['slot_f1']:.4f} sentence acc {dev['sentence_accuracy']:.4f} | {row['seconds']:.1f}s"
+              + (" *" if best_epoch == epoch else ""), flush=True)
+        if state_path:
+            st = {
+                "format": STATE_FORMAT, "fingerprint": fp, "epoch": epoch,
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(gen),
+                "best_score": best_score, "best_epoch": best_epoch, "bad": bad, "history": history,
+                "best_state": best_state, "best_scores": best_scores,
+            }
+            with fileio.atomic_path(state_path) as tmp:
+                torch.save(st, tmp)
+        if on_epoch:  # after the state is saved: a kill inside the callback loses nothing
+            on_epoch(row)
+    return TrainResult(best_state, best_epoch, best_scores, history, str(device), resumed_from, data.truncated)

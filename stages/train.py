@@ -1,0 +1,77 @@
+"""train: processed splits + vocabularies -> the best checkpoint, a per-epoch log, an MLflow run.
+
+Inputs:  PROCESSED/{train,dev}.parquet + meta.json, VOCAB/*.json.
+Outputs: CHECKPOINT (state_dict + model config + vocabularies + preprocessing settings),
+         LOG (metrics/train_log.csv: one row per epoch), RUN_FILE (the MLflow run id for the later
+         stages). The resumable training state lives in --state (not a DVC output).
+Params:  base, model, train, mlflow.
+"""
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from twinhead import fileio
+from twinhead.checkpoint import build_model, save_checkpoint
+from twinhead.errors import run_main
+from twinhead.model import ModelConfig
+from twinhead.params import build_dataclass, load_params
+from twinhead.preprocess import load_split
+from twinhead.tracking import Tracker, run_tags
+from twinhead.train import TrainConfig, resolve_device, train
+from twinhead.vocab import Vocabs
+
+PARAMS = ("base", "model", "train", "mlflow")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("processed")
+    ap.add_argument("vocab")
+    ap.add_argument("checkpoint")
+    ap.add_argument("log")
+    ap.add_argument("run_file")
+    ap.add_argument("--state", default="models/resume/state.pt", help="resumable training state")
+    args = ap.parse_args()
+    p = load_params(PARAMS)
+    mcfg = build_dataclass(ModelConfig, p["model"], "model")
+    tcfg = build_dataclass(TrainConfig, p["train"], "train")
+    device = str(resolve_device(tcfg.device))
+    meta = fileio.read_json(f"{args.processed}/meta.json")
+    vocab_meta = fileio.read_json(f"{args.vocab}/meta.json")
+    vocabs = Vocabs.load(args.vocab)
+    train_df, dev_df = load_split(args.processed, "train"), load_split(args.processed, "dev")
+
+    tracker = Tracker.start(p["mlflow"], "train")
+    tracker.write_run_file(args.run_file)
+    tracker.set_tags(run_tags(device))
+    # The params that produced this run's inputs (recorded upstream) and this stage's own.
+    tracker.log_params({**meta["params"], **vocab_meta["params"], **p})
+    ds = meta["dataset"]
+    tracker.log_dataset(ds["name"], ds["path"], ds["digest"])
+
+    print(f"training on {device}: {len(train_df)} train / {len(dev_df)} dev sentences", flush=True)
+    res = train(train_df, dev_df, vocabs, mcfg, tcfg, p["base"]["seed"], state_path=args.state,
+                on_epoch=lambda row: tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"},
+                                                         step=row["epoch"]))
+    if res.truncated:
+        print(f"WARNING: {res.truncated} training sentences longer than model.max_len={mcfg.max_len} were "
+              "truncated", flush=True)
+    model = build_model(mcfg.to_dict(), vocabs)
+    model.load_state_dict(res.best_state)
+    preprocess = {k: meta[k] for k in ("lang", "lowercase", "remove_stopwords", "removable_stopwords")}
+    save_checkpoint(args.checkpoint, model, vocabs, preprocess,
+                    {"best_epoch": res.best_epoch, "dev_scores": res.best_scores, "device": res.device})
+    Path(args.state).unlink(missing_ok=True)  # only needed to recover from a crash
+    log = pd.DataFrame(res.history)
+    with fileio.atomic_path(args.log) as tmp:
+        log.to_csv(tmp, index=False, float_format="%.6g")
+    tracker.log_metrics({"best_epoch": res.best_epoch, **res.best_scores})
+    tracker.log_artifact(args.log)
+    print(f"best epoch {res.best_epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.best_scores.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
