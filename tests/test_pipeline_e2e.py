@@ -61,7 +61,7 @@ def test_dvc_repro_end_to_end(tiny_repo, tmp_path):
               tiny_repo, env)
     pred = json.loads(res.stdout)
     assert set(pred) >= {"intent", "probability", "entities", "tokens", "tags"}
-    assert len(pred["tokens"]) == len(pred["tags"]) == 6
+    assert len(pred["tokens"]) == len(pred["tags"]) == 7
     for e in pred["entities"]:
         assert "play the new album by the beatles"[e["start"]:e["end"]] == e["text"]
 

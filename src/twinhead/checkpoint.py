@@ -47,7 +47,9 @@ def safe_torch_load(path: str | Path, map_location="cpu") -> dict:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TwinheadError(f"{path}: refused to load: not a weights-only file (it asks to unpickle "
                             f"arbitrary objects, which could run code): {first}") from e
-    except (RuntimeError, EOFError, ValueError) as e:
+    except IsADirectoryError as e:
+        raise TwinheadError(f"{path}: is a folder, not a checkpoint file") from e
+    except Exception as e:  # noqa: BLE001 - torch raises many types on garbage input
         raise TwinheadError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict):
         raise TwinheadError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")

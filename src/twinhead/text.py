@@ -99,11 +99,15 @@ def keep_positions(tokens: list[str], removable: set[str] | frozenset[str]) -> l
 
 
 def map_back(n: int, kept: list[int], kept_tags: list[str]) -> list[str]:
-    """Tags for every original token: predictions at kept positions, O where a token was removed."""
+    """Tags for every original token: predictions at kept positions, O where a token was removed.
+
+    A removed word inside a predicted entity splits it in two; the result is re-written as valid
+    BIO (the second part starts with B-), which is how conlleval would read it anyway.
+    """
     full = ["O"] * n
     for i, tag in zip(kept, kept_tags):
         full[i] = tag
-    return full
+    return spans_to_bio(n, bio_to_spans(full))
 
 
 def normalize(token: str, lowercase: bool) -> str:

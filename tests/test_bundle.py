@@ -1,0 +1,273 @@
+"""Checkpoint round trip, weights-only loading, bundle export and the Predictor on raw text."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from twinhead.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from twinhead.errors import DataError, TwinheadError
+from twinhead.export import export_bundle
+from twinhead.inference import predict_mapped
+from twinhead.model import JointModel, ModelConfig
+from twinhead.predictor import Predictor
+from twinhead.text import keep_positions, normalize
+from twinhead.vocab import build_vocabs
+
+REMOVABLE = ["by", "now", "the"]
+PREPROCESS = {"lang": "en", "lowercase": True, "remove_stopwords": True, "removable_stopwords": REMOVABLE}
+TRAIN_WORDS = [["play", "beatles", "spotify"], ["wake", "7", "am"], ["rain", "paris", "tomorrow"]]
+TEXTS = [
+    "Play the Beatles on Spotify now",
+    "  wake me up at 7 am\t",
+    "will it rain tomorrow in Paris?",
+    "the by now",  # only stop words: kept whole
+    "Rüdiger's café, São Paulo",
+]
+
+
+def make_model(seed: int = 0, **cfg_kw):
+    vocabs = build_vocabs(TRAIN_WORDS, ["PlayMusic", "SetAlarm", "GetWeather"],
+                          [["O", "B-artist", "B-service"], ["O", "B-time", "I-time"], ["O", "B-city", "O"]])
+    cfg = dict(word_dim=8, char_dim=4, char_filters=4, char_kernel=3, hidden_size=8, num_layers=1, dropout=0.1)
+    cfg.update(cfg_kw)
+    torch.manual_seed(seed)
+    model = JointModel(ModelConfig(**cfg), len(vocabs.words), len(vocabs.chars), vocabs.tags.itos,
+                       len(vocabs.intents))
+    return model.eval(), vocabs
+
+
+def make_bundle(tmp_path: Path, model=None, vocabs=None) -> tuple[Path, Path]:
+    if model is None:
+        model, vocabs = make_model()
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(ckpt, model, vocabs, PREPROCESS, {"best_epoch": 3, "dev_scores": {"slot_f1": 0.5}})
+    bundle = tmp_path / "bundle"
+    export_bundle(ckpt, bundle)
+    return ckpt, bundle
+
+
+# --- checkpoint ---------------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model, vocabs = make_model()
+    path = tmp_path / "sub" / "model.pt"
+    save_checkpoint(path, model, vocabs, PREPROCESS, {"best_epoch": 3})
+    loaded, lvocabs, ckpt = load_checkpoint(path)
+    assert ckpt["format"] == FORMAT
+    assert ckpt["best_epoch"] == 3
+    assert ckpt["preprocess"] == PREPROCESS
+    assert loaded.cfg == model.cfg
+    assert lvocabs.to_lists() == vocabs.to_lists()
+    assert loaded.tags == vocabs.tags.itos
+    assert not loaded.training
+    ref, got = model.state_dict(), loaded.state_dict()
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temp file left
+
+
+def test_load_checkpoint_missing_file(tmp_path):
+    with pytest.raises(TwinheadError, match="file not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_load_checkpoint_wrong_format(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"format": "something-else", "state_dict": {}}, path)
+    with pytest.raises(TwinheadError, match="not a twinhead checkpoint"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("data", [b"", b"PK\x03\x04not really a zip"])
+def test_load_checkpoint_not_a_torch_file(tmp_path, data):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(data)
+    with pytest.raises(TwinheadError, match="not a readable torch checkpoint") as exc:
+        load_checkpoint(path)
+    assert str(exc.value).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize("data", [b"this is not a checkpoint", b"hello world\n"])
+def test_load_checkpoint_text_file_is_a_user_error(tmp_path, data):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(data)
+    with pytest.raises(TwinheadError) as exc:
+        load_checkpoint(path)
+    assert str(exc.value).startswith(f"{path}: ")
+
+
+def test_load_checkpoint_weights_not_matching_vocab(tmp_path):
+    model, vocabs = make_model()
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, vocabs, PREPROCESS, {})
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["vocabs"]["words"].append("extra")
+    torch.save(ckpt, path)
+    with pytest.raises(TwinheadError, match="weights do not match the model config and vocabularies"):
+        load_checkpoint(path)
+
+
+class _Payload:
+    """Pickles as a call to os.system: what a malicious checkpoint would contain."""
+
+    def __init__(self, cmd: str):
+        self.cmd = cmd
+
+    def __reduce__(self):
+        return (os.system, (self.cmd,))
+
+
+def test_crafted_pickle_checkpoint_is_refused_not_executed(tmp_path):
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pt"
+    model, vocabs = make_model()
+    torch.save({"format": FORMAT, "state_dict": model.state_dict(), "model_config": model.cfg.to_dict(),
+                "vocabs": vocabs.to_lists(), "preprocess": PREPROCESS,
+                "payload": _Payload(f"echo pwned > '{marker}'")}, path)
+    with pytest.raises(TwinheadError) as exc:
+        load_checkpoint(path)
+    assert str(path) in str(exc.value)
+    assert "refused to load" in str(exc.value)
+    assert not marker.exists()
+    with pytest.raises(TwinheadError):
+        export_bundle(path, tmp_path / "bundle")
+    assert not marker.exists()
+    assert not (tmp_path / "bundle").exists()
+
+
+# --- export + Predictor -------------------------------------------------------------------------
+
+
+def test_export_writes_bundle_files(tmp_path):
+    _, bundle = make_bundle(tmp_path)
+    assert sorted(p.name for p in bundle.iterdir()) == ["config.json", "model.safetensors", "vocab.json"]
+    cfg = json.loads((bundle / "config.json").read_text(encoding="utf-8"))
+    assert cfg["format"] == "twinhead-bundle/1"
+    assert cfg["intents"] == ["GetWeather", "PlayMusic", "SetAlarm"]
+    assert cfg["slot_types"] == ["artist", "city", "service", "time"]
+    assert cfg["preprocess"] == PREPROCESS
+    assert cfg["trained"] == {"best_epoch": 3, "dev_scores": {"slot_f1": 0.5}}
+    assert set(cfg["sha256"]) == {"model.safetensors", "vocab.json"}
+
+
+def test_predictor_entities_index_into_the_text(tmp_path):
+    _, bundle = make_bundle(tmp_path)
+    pred = Predictor(bundle)
+    out = pred.predict(TEXTS)
+    assert [o["text"] for o in out] == TEXTS
+    for o in out:
+        assert len(o["tags"]) == len(o["tokens"])
+        assert o["intent"] in {"GetWeather", "PlayMusic", "SetAlarm"}
+        assert 0 < o["probability"] <= 1
+        for ent in o["entities"]:
+            assert o["text"][ent["start"] : ent["end"]] == ent["text"]
+            assert ent["text"] == ent["text"].strip() and ent["text"]
+    assert out[1]["tokens"] == ["wake", "me", "up", "at", "7", "am"]
+    # removed stop words always get O
+    first = out[0]
+    assert [first["tags"][i] for i, t in enumerate(first["tokens"]) if t.lower() in REMOVABLE] == ["O", "O"]
+
+
+def test_predictor_hand_checked_output(tmp_path):
+    model, vocabs = make_model()
+    b_artist = vocabs.tags.itos.index("B-artist")
+    with torch.no_grad():  # every kept word becomes B-artist, the intent is always SetAlarm
+        model.tag_head.weight.zero_()
+        model.tag_head.bias.zero_()
+        model.tag_head.bias[b_artist] = 5.0
+        model.intent_head[-1].weight.zero_()
+        model.intent_head[-1].bias.copy_(torch.tensor([0.0, 0.0, 4.0]))
+    _, bundle = make_bundle(tmp_path, model, vocabs)
+    text = "  Play  the Beatles\tnow, please"
+    (out,) = Predictor(bundle).predict([text])
+    assert out["tokens"] == ["Play", "the", "Beatles", "now", ",", "please"]
+    assert out["tags"] == ["B-artist", "O", "B-artist", "O", "B-artist", "B-artist"]
+    assert out["intent"] == "SetAlarm"
+    assert out["probability"] == pytest.approx(np.exp(4) / (np.exp(4) + 2))
+    assert out["entities"] == [
+        {"text": "Play", "label": "artist", "start": 2, "end": 6},
+        {"text": "Beatles", "label": "artist", "start": 12, "end": 19},
+        {"text": ",", "label": "artist", "start": 23, "end": 24},
+        {"text": "please", "label": "artist", "start": 25, "end": 31},
+    ]
+
+
+def test_predictor_multi_token_entity_offsets(tmp_path):
+    model, vocabs = make_model()
+    b, i = vocabs.tags.itos.index("B-time"), vocabs.tags.itos.index("I-time")
+    with torch.no_grad():  # B-time then I-time on every kept word: one chunk per run of kept words
+        model.tag_head.weight.zero_()
+        model.tag_head.bias.zero_()
+        model.tag_head.bias[b] = 3.0
+        model.tag_head.bias[i] = 5.0
+    _, bundle = make_bundle(tmp_path, model, vocabs)
+    text = "wake  me up at 7\tam"
+    (out,) = Predictor(bundle).predict([text])
+    assert out["tags"] == ["B-time", "I-time", "I-time", "I-time", "I-time", "I-time"]
+    assert out["entities"] == [{"text": "wake  me up at 7\tam", "label": "time", "start": 0, "end": 19}]
+
+
+def test_predict_tokens_equals_predict_mapped_through_checkpoint(tmp_path):
+    ckpt, bundle = make_bundle(tmp_path)
+    token_lists = [t.split() for t in TEXTS] + [["x"] * 70]
+    got = Predictor(bundle).predict_tokens(token_lists)
+    model, vocabs, meta = load_checkpoint(ckpt)
+    removable = frozenset(meta["preprocess"]["removable_stopwords"])
+    keeps = [keep_positions(t, removable) for t in token_lists]
+    df = pd.DataFrame({"tokens": token_lists, "keep": keeps,
+                       "words": [[normalize(t[i], True) for i in k] for t, k in zip(token_lists, keeps)]})
+    intents, probs, tags = predict_mapped(model, vocabs, df)
+    assert [g["intent"] for g in got] == intents
+    assert [g["tags"] for g in got] == tags
+    assert [g["tokens"] for g in got] == token_lists
+    np.testing.assert_allclose([g["probability"] for g in got], probs.max(1), atol=1e-6)
+
+
+def test_bundle_with_edited_vocab_is_refused(tmp_path):
+    _, bundle = make_bundle(tmp_path)
+    path = bundle / "vocab.json"
+    lists = json.loads(path.read_text(encoding="utf-8"))
+    lists["intents"] = list(reversed(lists["intents"]))  # same sizes: only the hash can tell
+    path.write_text(json.dumps(lists, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(TwinheadError) as exc:
+        Predictor(bundle)
+    assert "sha256" in str(exc.value)
+    assert str(path) in str(exc.value)
+
+
+def test_bundle_with_replaced_weights_is_refused(tmp_path):
+    _, bundle = make_bundle(tmp_path)
+    _, other = make_bundle(tmp_path / "other", *make_model(seed=1))
+    (bundle / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
+    with pytest.raises(TwinheadError, match="sha256"):
+        Predictor(bundle)
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(TwinheadError, match="not a twinhead bundle"):
+        Predictor(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t"])
+def test_empty_text_is_a_data_error_naming_its_position(tmp_path, text):
+    _, bundle = make_bundle(tmp_path)
+    pred = Predictor(bundle)
+    with pytest.raises(DataError) as exc:
+        pred.predict(["hello there", text], where="request")
+    assert exc.value.line == 2
+    assert str(exc.value) == "request:2: text is empty or whitespace only"
+
+
+def test_non_string_text_is_a_data_error(tmp_path):
+    _, bundle = make_bundle(tmp_path)
+    with pytest.raises(DataError, match="input:1: text must be a string, got NoneType"):
+        Predictor(bundle).predict([None])

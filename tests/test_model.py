@@ -1,0 +1,203 @@
+"""JointModel shapes, padding invariance, BIO-constrained decoding, overlong-input policies."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from twinhead.inference import OverlongStats, collate, encode, predict_words
+from twinhead.model import NEG, JointModel, ModelConfig, bio_transitions, viterbi
+from twinhead.text import bio_error
+from twinhead.vocab import build_vocabs
+
+TAGS = ["O", "B-a", "I-a", "B-b", "I-b"]
+SENTS = [["play", "the", "beatles"], ["wake", "me", "up", "at", "seven"], ["play", "queen", "loudly", "now"]]
+
+
+def tiny_config(**kw) -> ModelConfig:
+    base = dict(word_dim=8, char_dim=4, char_filters=4, char_kernel=3, hidden_size=8, num_layers=2,
+                dropout=0.3, max_len=64)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def make(cfg: ModelConfig | None = None, seed: int = 0):
+    vocabs = build_vocabs(SENTS, ["Play", "Wake", "Play"], [["O"] * len(s) for s in SENTS])
+    vocabs.tags.itos[:] = TAGS  # a fixed tag set, so every BIO transition can be exercised
+    vocabs.tags.stoi = {t: i for i, t in enumerate(TAGS)}
+    torch.manual_seed(seed)
+    cfg = cfg or tiny_config()
+    model = JointModel(cfg, len(vocabs.words), len(vocabs.chars), vocabs.tags.itos, len(vocabs.intents))
+    return model.eval(), vocabs
+
+
+def batch(vocabs, sents, max_word_len=20):
+    return collate([encode(s, vocabs, max_word_len) for s in sents], "cpu")
+
+
+def test_output_shapes():
+    model, vocabs = make()
+    words, chars, mask = batch(vocabs, SENTS)
+    assert words.shape == (3, 5) and mask.shape == (3, 5)
+    intent_logits, tag_logits = model(words, chars, mask)
+    assert intent_logits.shape == (3, 2)  # (B, I)
+    assert tag_logits.shape == (3, 5, len(TAGS))  # (B, T, K)
+    assert model.decode_tags(tag_logits, mask).shape == (3, 5)
+
+
+@pytest.mark.parametrize("cfg", [
+    tiny_config(),
+    tiny_config(char_dim=0, num_layers=1, intent_to_tags=False),
+])
+def test_padding_does_not_change_a_sentence(cfg):
+    model, vocabs = make(cfg)
+    short = ["play", "the", "beatles"]
+    longer = ["wake", "me", "up", "at", "seven", "unknownlongword", "x", "y"]  # longer words: wider char axis
+    with torch.no_grad():
+        alone_i, alone_t = model(*batch(vocabs, [short]))
+        padded_i, padded_t = model(*batch(vocabs, [longer, short]))
+    assert padded_t.shape[1] == len(longer)
+    torch.testing.assert_close(padded_i[1], alone_i[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(padded_t[1, : len(short)], alone_t[0], atol=1e-5, rtol=0)
+
+
+def test_eval_mode_is_deterministic_and_train_mode_uses_dropout():
+    model, vocabs = make()
+    b = batch(vocabs, SENTS)
+    with torch.no_grad():
+        a1, _ = model(*b)
+        a2, _ = model(*b)
+        torch.testing.assert_close(a1, a2)
+        model.train()
+        torch.manual_seed(1)
+        t1, _ = model(*b)
+        torch.manual_seed(2)
+        t2, _ = model(*b)
+    assert not torch.allclose(t1, t2)
+
+
+def test_bio_transitions_forbid_exactly_the_invalid_moves():
+    trans, start = bio_transitions(TAGS)
+    assert start.tolist() == [0, 0, NEG, 0, NEG]
+    forbidden = {(p, t) for p in TAGS for t in TAGS if trans[TAGS.index(p), TAGS.index(t)] == NEG}
+    assert forbidden == {("O", "I-a"), ("B-b", "I-a"), ("I-b", "I-a"), ("O", "I-b"), ("B-a", "I-b"), ("I-a", "I-b")}
+
+
+def test_decode_tags_never_outputs_invalid_bio():
+    model, _ = make(tiny_config(bio_constraints=True))
+    gen = torch.Generator().manual_seed(0)
+    b, t = 64, 12
+    logits = torch.randn(b, t, len(TAGS), generator=gen) * 4
+    logits[..., 2] += 3  # push I-a and I-b up so unconstrained argmax would often be invalid
+    logits[..., 4] += 3
+    lengths = torch.randint(1, t + 1, (b,), generator=gen)
+    mask = torch.arange(t)[None, :] < lengths[:, None]
+    ids = model.decode_tags(logits, mask)
+    n_invalid_argmax = 0
+    for row in range(b):
+        n = int(lengths[row])
+        tags = [TAGS[k] for k in ids[row, :n].tolist()]
+        assert bio_error(tags) is None, tags
+        n_invalid_argmax += bio_error([TAGS[k] for k in logits[row, :n].argmax(-1).tolist()]) is not None
+    assert n_invalid_argmax > b // 2  # the test would catch a decoder that ignored the constraints
+
+
+def test_decode_tags_without_constraints_is_argmax():
+    model, _ = make(tiny_config(bio_constraints=False))
+    logits = torch.randn(2, 4, len(TAGS))
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    assert torch.equal(model.decode_tags(logits, mask), logits.argmax(-1))
+
+
+def test_viterbi_finds_the_best_valid_path():
+    trans, start = bio_transitions(TAGS)
+    gen = torch.Generator().manual_seed(3)
+    scores = torch.log_softmax(torch.randn(5, 4, len(TAGS), generator=gen) * 3, -1)
+    lengths = [4, 3, 1, 2, 4]
+    mask = torch.arange(4)[None, :] < torch.tensor(lengths)[:, None]
+    paths = viterbi(scores, mask, trans, start)
+    for row, n in enumerate(lengths):
+        best, best_score = None, -float("inf")
+        for path in itertools.product(range(len(TAGS)), repeat=n):
+            if bio_error([TAGS[k] for k in path]) is not None:
+                continue
+            s = sum(float(scores[row, i, k]) for i, k in enumerate(path))
+            if s > best_score:
+                best, best_score = list(path), s
+        assert paths[row, :n].tolist() == best
+
+
+# --- inference ----------------------------------------------------------------------------------
+
+
+LONG = ["play", "the", "beatles", "wake", "me", "up", "at", "seven", "play", "queen", "loudly"]
+
+
+def test_predict_words_window_gives_one_tag_per_word():
+    model, vocabs = make(tiny_config(max_len=4, overlong="window"))
+    stats = OverlongStats()
+    probs, tags = predict_words(model, vocabs, [LONG, SENTS[0]], stats=stats)
+    assert [len(t) for t in tags] == [len(LONG), 3]
+    assert all(t in TAGS for t in tags[0])
+    assert stats.windowed == 1 and stats.truncated == 0
+    assert probs.shape == (2, 2)
+    np.testing.assert_allclose(probs.sum(1), 1.0)
+    # each window is predicted as if it were its own sentence
+    pieces = [LONG[0:4], LONG[4:8], LONG[8:11]]
+    _, piece_tags = predict_words(model, vocabs, pieces)
+    assert tags[0] == piece_tags[0] + piece_tags[1] + piece_tags[2]
+    # the intent comes from window logits averaged by window length
+    with torch.no_grad():
+        il, _ = model(*batch(vocabs, pieces))
+    avg = (il * torch.tensor([[4.0], [4.0], [3.0]])).sum(0) / 11
+    np.testing.assert_allclose(probs[0], torch.softmax(avg.double(), -1).numpy(), atol=1e-6)
+
+
+def test_predict_words_truncate_warns_counts_and_tags_rest_o():
+    model, vocabs = make(tiny_config(max_len=4, overlong="truncate"))
+    # make every kept word a B-a so truncated positions are recognizable
+    with torch.no_grad():
+        model.tag_head.weight.zero_()
+        model.tag_head.bias.copy_(torch.tensor([0.0, 5.0, 0.0, 0.0, 0.0]))
+    stats = OverlongStats()
+    with pytest.warns(UserWarning, match=r"1 input\(s\) longer than model.max_len=4 tokens were truncated"):
+        _, tags = predict_words(model, vocabs, [LONG, SENTS[0]], stats=stats)
+    assert stats.truncated == 1 and stats.windowed == 0
+    assert tags[0] == ["B-a"] * 4 + ["O"] * (len(LONG) - 4)
+    assert tags[1] == ["B-a"] * 3
+
+
+def test_predict_words_short_input_does_not_warn():
+    model, vocabs = make(tiny_config(max_len=8, overlong="truncate"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, tags = predict_words(model, vocabs, SENTS)
+    assert [len(t) for t in tags] == [3, 5, 4]
+
+
+def test_predict_words_batching_and_order_do_not_change_results():
+    model, vocabs = make()
+    probs, tags = predict_words(model, vocabs, SENTS, batch_size=256)
+    probs1, tags1 = predict_words(model, vocabs, SENTS, batch_size=1)
+    np.testing.assert_allclose(probs, probs1, atol=1e-6)
+    assert tags == tags1
+
+
+def test_predict_words_restores_train_mode_and_rejects_empty():
+    model, vocabs = make()
+    model.train()
+    predict_words(model, vocabs, SENTS)
+    assert model.training
+    with pytest.raises(ValueError, match="sentence 1 has no words"):
+        predict_words(model, vocabs, [["a"], []])
+
+
+def test_model_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="model.overlong"):
+        ModelConfig(overlong="drop")
+    with pytest.raises(ValueError, match="must be positive"):
+        ModelConfig(max_len=0)
