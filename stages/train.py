@@ -67,7 +67,7 @@ def main() -> int:
     log = pd.DataFrame(res.history)
     with fileio.atomic_path(args.log) as tmp:
         log.to_csv(tmp, index=False, float_format="%.6g")
-    tracker.log_metrics({"best_epoch": res.best_epoch, **res.best_scores})
+    tracker.log_metrics({"best_epoch": res.best_epoch, **{f"best_{k}": v for k, v in res.best_scores.items()}})
     tracker.log_artifact(args.log)
     print(f"best epoch {res.best_epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.best_scores.items()))
     return 0

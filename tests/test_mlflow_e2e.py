@@ -148,7 +148,10 @@ def test_mlflow_models_serve_answers_invocations(exp_repo, tmp_path):
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    local = mlflow.pyfunc.load_model(f"models:/twinhead-joint/{version.version}").predict(TEXTS)
+    import pandas as pd
+
+    local = mlflow.pyfunc.load_model(f"models:/twinhead-joint/{version.version}").predict(
+        pd.DataFrame({"text": TEXTS}))
     assert [(p["intent"], p["tags"]) for p in preds] == [(p["intent"], p["tags"]) for p in local]
     assert preds[0]["entities"] == local[0]["entities"]
 
