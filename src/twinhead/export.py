@@ -67,7 +67,10 @@ def log_pyfunc_model(tracker, bundle: str | Path, registered_name: str, example_
             )
         version = info.registered_model_version
         if version is not None:
-            client.set_registered_model_alias(registered_name, "candidate", version)
+            # Parallel queue workers register concurrently: the alias goes to the newest version,
+            # whichever worker gets here last.
+            newest = max(int(v.version) for v in client.search_model_versions(f"name='{registered_name}'"))
+            client.set_registered_model_alias(registered_name, "candidate", str(max(newest, int(version))))
         return f"models:/{registered_name}/{version}"
 
     return tracker.call(_log, "the model (and its registry version)")
