@@ -86,6 +86,9 @@ def test_dvc_exp_show_lists_params_and_metrics(exp_repo):
     assert "slot_f1" in shown and "hidden_size" in shown
     diff = run(["dvc", "metrics", "diff", "exp-h16", "exp-h24", "--json"], repo, env).stdout
     assert "metrics/eval.json" in diff
+    run(["dvc", "plots", "diff", "exp-h16", "exp-h24", "-o", str(repo / "plots-diff")], repo, env)
+    html = (repo / "plots-diff" / "index.html").read_text()
+    assert "exp-h16" in html and "exp-h24" in html
 
 
 def test_parallel_queue_workers_lose_no_runs(exp_repo):
