@@ -12,17 +12,14 @@ from twinhead.errors import DataError, TwinheadError, run_main
 
 def read_inputs(path: Path) -> list[str]:
     """Texts from a file: JSONL objects with a "text" field if it ends in .jsonl, else one text a line."""
-    from twinhead.readers import read_lines
+    from twinhead.readers import parse_json_line, read_lines
 
     lines = read_lines(path)
     if path.suffix != ".jsonl":
         return lines
     texts = []
     for i, line in enumerate(lines, start=1):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"bad JSON: {e.msg} (column {e.colno})", str(path), i) from e
+        obj = parse_json_line(line, path, i)
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             raise DataError('expected an object with a string field "text"', str(path), i)
         texts.append(obj["text"])

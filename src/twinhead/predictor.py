@@ -18,7 +18,7 @@ from pathlib import Path
 from twinhead.errors import DataError, TwinheadError
 from twinhead.inference import OverlongStats, predict_words
 from twinhead.model import JointModel, ModelConfig
-from twinhead.text import bio_to_spans, get_nlp, keep_positions, map_back, normalize, tokenize
+from twinhead.text import bio_to_spans, get_nlp, keep_positions, map_back, normalize, text_problem, tokenize
 from twinhead.vocab import Vocabs
 
 BUNDLE_FORMAT = "twinhead-bundle/1"
@@ -101,6 +101,9 @@ class Predictor:
         for n, text in enumerate(texts, start=1):
             if not isinstance(text, str):
                 raise DataError(f"text must be a string, got {type(text).__name__}", where, n)
+            problem = text_problem(text)
+            if problem:
+                raise DataError(problem, where, n)
             toks, offs = tokenize(self.nlp, text)
             if not toks:
                 raise DataError("text is empty or whitespace only", where, n)

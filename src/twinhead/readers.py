@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from twinhead.errors import DataError, TwinheadError
-from twinhead.text import bio_error, get_nlp, spans_to_bio, tokenize
+from twinhead.text import bio_error, get_nlp, spans_to_bio, text_problem, tokenize
 
 SPLITS = ("train", "dev", "test")
 BIO_FILES = ("seq.in", "seq.out", "label")
@@ -46,8 +46,10 @@ def read_lines(path: Path) -> list[str]:
         raise DataError(f"cannot read file: {e.strerror}", str(path)) from e
     if not raw.strip():
         raise DataError("file is empty", str(path))
+    if raw.startswith(b"\xef\xbb\xbf"):  # UTF-8 BOM
+        raw = raw[3:]
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"invalid UTF-8 (byte {raw[e.start]:#04x})", str(path), line) from e
@@ -101,11 +103,18 @@ def read_bio_split(folder: Path, on_error: str = "raise") -> tuple[list[Example]
     return out, col.report
 
 
-def _parse_jsonl_line(line: str, path: Path, i: int, nlp) -> Example:
+def parse_json_line(line: str, path: Path, i: int):
+    """json.loads with every failure (syntax, nesting too deep, huge numbers) as a DataError."""
     try:
-        obj = json.loads(line)
+        return json.loads(line)
     except json.JSONDecodeError as e:
         raise DataError(f"bad JSON: {e.msg} (column {e.colno})", str(path), i) from e
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"bad JSON: {type(e).__name__}: {str(e)[:200]}", str(path), i) from e
+
+
+def _parse_jsonl_line(line: str, path: Path, i: int, nlp) -> Example:
+    obj = parse_json_line(line, path, i)
     if not isinstance(obj, dict):
         raise DataError(f"expected a JSON object, got {type(obj).__name__}", str(path), i)
     text, label, ents = obj.get("text"), obj.get("label"), obj.get("entities", [])
@@ -113,6 +122,9 @@ def _parse_jsonl_line(line: str, path: Path, i: int, nlp) -> Example:
         raise DataError("field 'text' must be a string", str(path), i)
     if not text.strip():
         raise DataError("field 'text' is empty", str(path), i)
+    problem = text_problem(text)
+    if problem:
+        raise DataError(f"field 'text': {problem}", str(path), i)
     if not isinstance(label, str) or not label.strip() or len(label.split()) != 1:
         raise DataError(f"field 'label' must be one non-empty word, got {label!r}", str(path), i)
     if not isinstance(ents, list):

@@ -24,15 +24,56 @@ def get_nlp(lang: str):
         raise TwinheadError(f"params: preprocess.lang={lang!r} is not a language spaCy knows ({e})") from e
 
 
+MAX_RUN = 200  # longest whitespace-free run handed to spaCy at once (its affix splitting is quadratic)
+CHUNK = 20_000  # texts are tokenized in pieces of about this many characters, cut at whitespace
+LONG_RUN = re.compile(rf"\S{{{MAX_RUN + 1},}}")
+SPACE = re.compile(r"\s")
+
+
+def text_problem(text: str) -> str | None:
+    """Why `text` cannot be tokenized (an unpaired UTF-16 surrogate), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"text has an unpaired surrogate {text[e.start]!r} at character {e.start}"
+    return None
+
+
+def _pieces(text: str) -> list[tuple[int, int]]:
+    """(start, end) pieces covering `text`: cut at whitespace near every CHUNK characters, and
+    whitespace-free runs longer than MAX_RUN cut every MAX_RUN characters."""
+    cuts = {0, len(text)}
+    for m in LONG_RUN.finditer(text):
+        cuts.update(range(m.start(), m.end(), MAX_RUN))
+    pos = CHUNK
+    while pos < len(text):
+        ws = SPACE.search(text, pos)
+        if ws is None:
+            break
+        cuts.add(ws.start())
+        pos = ws.start() + CHUNK
+    cuts = sorted(cuts)
+    return list(zip(cuts, cuts[1:]))
+
+
 def tokenize(nlp, text: str) -> tuple[list[str], list[int]]:
-    """spaCy tokens of `text` (whitespace tokens dropped) and each token's character offset."""
-    doc = nlp.make_doc(text)
+    """spaCy tokens of `text` (whitespace tokens dropped) and each token's character offset.
+
+    Ordinary text goes to spaCy whole. Very long texts, and words longer than MAX_RUN characters
+    (100k emoji in a row, say), are tokenized in pieces: spaCy's time grows with the square of a
+    whitespace-free run's length and it refuses texts over nlp.max_length.
+    """
+    if len(text) <= CHUNK and not LONG_RUN.search(text):
+        spans = [(0, len(text))]
+    else:
+        spans = _pieces(text)
     tokens, offsets = [], []
-    for tok in doc:
-        if tok.is_space:
-            continue
-        tokens.append(tok.text)
-        offsets.append(tok.idx)
+    for start, end in spans:
+        for tok in nlp.make_doc(text[start:end]):
+            if tok.is_space:
+                continue
+            tokens.append(tok.text)
+            offsets.append(start + tok.idx)
     return tokens, offsets
 
 
