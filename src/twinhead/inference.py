@@ -65,11 +65,13 @@ def predict_words(
     was_training = model.training
     model.eval()
     pieces = []  # (sentence index, start, end)
+    truncated = 0  # in this call; `stats` keeps the running totals
     for i, ws in enumerate(sentences):
         if not ws:
             raise ValueError(f"sentence {i} has no words")
         if len(ws) > cfg.max_len:
             if cfg.overlong == "truncate":
+                truncated += 1
                 stats.truncated += 1
                 pieces.append((i, 0, cfg.max_len))
                 continue
@@ -94,8 +96,8 @@ def predict_words(
             tags[i][s:e] = [model.tags[k] for k in ids[row, : e - s]]
         if progress:
             progress(len(batch))
-    if stats.truncated:
-        warnings.warn(f"{stats.truncated} input(s) longer than model.max_len={cfg.max_len} tokens were "
+    if truncated:
+        warnings.warn(f"{truncated} input(s) longer than model.max_len={cfg.max_len} tokens were "
                       "truncated; the rest of each is tagged O (policy model.overlong=truncate)", stacklevel=2)
     logits = logit_sum / weight[:, None]
     probs = np.exp(logits - logits.max(1, keepdims=True))
