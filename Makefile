@@ -24,7 +24,7 @@ data: setup
 repro: data
 	dvc repro
 
-test: setup
+test: data
 	python -m pytest -q
 
 lint: setup
