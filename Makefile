@@ -9,7 +9,7 @@ TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup data repro test lint lock clean-venv
+.PHONY: setup data repro test lint lock clean-venv dvc
 setup: $(BIN)/.installed
 
 $(BIN)/.installed: pyproject.toml requirements.lock
@@ -26,6 +26,11 @@ repro: data
 
 test: data
 	python -m pytest -q
+
+# Any DVC command with the environment on PATH (stage commands call `python` from PATH):
+#   make dvc ARGS="exp run -S train.lr=3e-4"      make dvc ARGS="queue start -j 1"
+dvc: setup
+	dvc $(ARGS)
 
 lint: setup
 	ruff check src stages tests

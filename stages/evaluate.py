@@ -1,6 +1,9 @@
-"""evaluate: checkpoint + processed test split -> metrics, per-class details, errors, confusion.
+"""evaluate: exported bundle + processed split -> metrics, per-class details, errors, confusion.
 
-Inputs:  CHECKPOINT, PROCESSED/<split>.parquet, RUN_FILE (the MLflow run train opened).
+The model is loaded the way users load it (twinhead.predictor.Predictor on the bundle), and every
+sentence is scored twice: on the processed words, and as raw text through Predictor.predict, scored on
+character spans (the raw_* keys of eval.json). The numbers are those `twinhead predict` users get.
+Inputs:  BUNDLE, PROCESSED/<split>.parquet, RUN_FILE (the MLflow run train opened).
 Outputs: OUT/eval.json (summary: DVC metrics), OUT/eval_details.json (per-intent and per-slot-type
          P/R/F1), OUT/errors.jsonl (every wrong sentence), OUT/intent_confusion.json (records of
          actual/predicted, DVC confusion plot), OUT/intent_confusion.png.
@@ -8,47 +11,57 @@ Params:  evaluate, mlflow.
 """
 
 import argparse
+import sys
 from pathlib import Path
 
-from twinhead import fileio
-from twinhead.checkpoint import load_checkpoint
-from twinhead.errors import run_main
-from twinhead.evaluate import confusion_png, evaluate
-from twinhead.params import load_params
-from twinhead.preprocess import load_split
-from twinhead.tracking import Tracker
+try:
+    from twinhead.errors import run_main
+except ModuleNotFoundError:  # `python` on PATH is not the project's environment
+    sys.exit(f"error: {sys.executable} cannot import twinhead: activate the environment first "
+             "(`source .venv/bin/activate`, see README) or use the make targets")
 
-PARAMS = ("evaluate", "mlflow")
+from twinhead import fileio
+from twinhead.evaluate import EvaluateConfig, confusion_png, evaluate
+from twinhead.params import as_dict, load_config
+from twinhead.predictor import Predictor
+from twinhead.preprocess import load_split
+from twinhead.tracking import MlflowConfig, Tracker
+
+SECTIONS = {"evaluate": EvaluateConfig, "mlflow": MlflowConfig}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint")
+    ap.add_argument("bundle", help="exported bundle folder")
     ap.add_argument("processed")
     ap.add_argument("run_file")
     ap.add_argument("out", help="metrics folder")
     args = ap.parse_args()
-    p = load_params(PARAMS)
+    p = load_config(SECTIONS)
     cfg = p["evaluate"]
-    model, vocabs, _ = load_checkpoint(args.checkpoint)
-    df = load_split(args.processed, cfg["split"])
-    res = evaluate(model, vocabs, df, cfg["batch_size"])
+    predictor = Predictor(args.bundle)
+    df = load_split(args.processed, cfg.split)
+    res = evaluate(predictor, df, cfg.batch_size)
     out = Path(args.out)
     fileio.write_json(out / "eval.json", res.summary)
     fileio.write_json(out / "eval_details.json", res.details)
     fileio.write_jsonl(out / "errors.jsonl", res.errors)
     fileio.write_json(out / "intent_confusion.json", res.confusion, indent=None)
-    confusion_png(res.confusion, out / "intent_confusion.png", f"intent confusion ({cfg['split']})")
+    confusion_png(res.confusion, out / "intent_confusion.png", f"intent confusion ({cfg.split})")
 
     tracker = Tracker.resume(args.run_file)
-    if p["mlflow"].get("enabled", True):
-        tracker.log_params({"evaluate": cfg})
+    if p["mlflow"].enabled:
+        tracker.log_params({"evaluate": as_dict(cfg)})
         tracker.log_metrics({k: v for k, v in res.summary.items() if k != "sentences"})
         for name in ("eval.json", "eval_details.json", "errors.jsonl", "intent_confusion.png"):
             tracker.log_artifact(out / name, "evaluation")
+        for f in ("dvc.lock", "params.yaml"):
+            tracker.log_artifact(Path(f))
+        tracker.finish()
     s = res.summary
-    print(f"{cfg['split']}: intent accuracy {s['intent_accuracy']:.4f}, slot F1 {s['slot_f1']:.4f}, "
-          f"sentence accuracy {s['sentence_accuracy']:.4f} ({len(res.errors)} wrong sentences of {s['sentences']})")
+    print(f"{cfg.split}: intent accuracy {s['intent_accuracy']:.4f}, slot F1 {s['slot_f1']:.4f}, "
+          f"sentence accuracy {s['sentence_accuracy']:.4f} ({len(res.errors)} wrong sentences of {s['sentences']}); "
+          f"raw text: {s['raw_intent_accuracy']:.4f} / {s['raw_slot_f1']:.4f} / {s['raw_sentence_accuracy']:.4f}")
     return 0
 
 

@@ -1,21 +1,28 @@
 """preprocess: raw dataset -> one Parquet file per split + meta.json, and the data report.
 
 Inputs:  the dataset folder (BIO folder or JSONL format; see README).
-Outputs: OUT/{train,dev,test}.parquet, OUT/meta.json (preprocessing settings, the stop-word rule,
-         the dataset's identity), OUT/skipped.json (lines skipped with data.on_error=skip);
-         REPORT (metrics/data.json: counts per split).
+Outputs: OUT/{train,dev,test}.parquet, OUT/meta.json (the text pipeline's settings incl. the
+         stop-word rule, the dataset's identity), OUT/skipped.json (lines skipped with
+         data.on_error=skip); REPORT (metrics/data.json: counts per split).
 Params:  base, data, preprocess.
 """
 
 import argparse
+import sys
 from pathlib import Path
 
-from twinhead import fileio
-from twinhead.errors import run_main
-from twinhead.params import build_dataclass, load_params
-from twinhead.preprocess import PreprocessConfig, dataset_identity, preprocess, write_outputs
+try:
+    from twinhead.errors import run_main
+except ModuleNotFoundError:  # `python` on PATH is not the project's environment
+    sys.exit(f"error: {sys.executable} cannot import twinhead: activate the environment first "
+             "(`source .venv/bin/activate`, see README) or use the make targets")
 
-PARAMS = ("base", "data", "preprocess")
+from twinhead import fileio
+from twinhead.params import BaseConfig, as_dict, load_config
+from twinhead.preprocess import PreprocessConfig, dataset_identity, preprocess, write_outputs
+from twinhead.readers import DataConfig
+
+SECTIONS = {"base": BaseConfig, "data": DataConfig, "preprocess": PreprocessConfig}
 
 
 def main() -> int:
@@ -24,11 +31,10 @@ def main() -> int:
     ap.add_argument("out", help="output folder for the processed splits")
     ap.add_argument("report", help="data report (JSON)")
     args = ap.parse_args()
-    p = load_params(PARAMS)
-    cfg = build_dataclass(PreprocessConfig, p["preprocess"], "preprocess")
-    frames, meta, report, skipped = preprocess(args.raw, p["data"], cfg, p["base"]["seed"])
+    p = load_config(SECTIONS)
+    frames, meta, report, skipped = preprocess(args.raw, p["data"], p["preprocess"], p["base"].seed)
     meta["dataset"] = dataset_identity(Path(args.raw))
-    meta["params"] = {"data": p["data"], "preprocess": p["preprocess"]}
+    meta["params"] = as_dict({"data": p["data"], "preprocess": p["preprocess"]})
     write_outputs(args.out, frames, meta, skipped)
     fileio.write_json(args.report, report)
     for split, r in report.items():

@@ -8,21 +8,28 @@ Params:  base, model, train, mlflow.
 """
 
 import argparse
+import sys
 from pathlib import Path
+
+try:
+    from twinhead.errors import run_main
+except ModuleNotFoundError:  # `python` on PATH is not the project's environment
+    sys.exit(f"error: {sys.executable} cannot import twinhead: activate the environment first "
+             "(`source .venv/bin/activate`, see README) or use the make targets")
 
 import pandas as pd
 
 from twinhead import fileio
 from twinhead.checkpoint import build_model, save_checkpoint
-from twinhead.errors import run_main
 from twinhead.model import ModelConfig
-from twinhead.params import build_dataclass, load_params
+from twinhead.params import BaseConfig, as_dict, load_config
 from twinhead.preprocess import load_split
-from twinhead.tracking import Tracker, run_tags
+from twinhead.text import TextPipeline
+from twinhead.tracking import MlflowConfig, Tracker, run_tags
 from twinhead.train import TrainConfig, resolve_device, train
 from twinhead.vocab import Vocabs
 
-PARAMS = ("base", "model", "train", "mlflow")
+SECTIONS = {"base": BaseConfig, "model": ModelConfig, "train": TrainConfig, "mlflow": MlflowConfig}
 
 
 def main() -> int:
@@ -34,9 +41,8 @@ def main() -> int:
     ap.add_argument("run_file")
     ap.add_argument("--state", default="models/resume/state.pt", help="resumable training state")
     args = ap.parse_args()
-    p = load_params(PARAMS)
-    mcfg = build_dataclass(ModelConfig, p["model"], "model")
-    tcfg = build_dataclass(TrainConfig, p["train"], "train")
+    p = load_config(SECTIONS)
+    mcfg, tcfg = p["model"], p["train"]
     device = str(resolve_device(tcfg.device))
     meta = fileio.read_json(f"{args.processed}/meta.json")
     vocab_meta = fileio.read_json(f"{args.vocab}/meta.json")
@@ -47,12 +53,12 @@ def main() -> int:
     tracker.write_run_file(args.run_file)
     tracker.set_tags(run_tags(device))
     # The params that produced this run's inputs (recorded upstream) and this stage's own.
-    tracker.log_params({**meta["params"], **vocab_meta["params"], **p})
+    tracker.log_params({**meta["params"], **vocab_meta["params"], **as_dict(p)})
     ds = meta["dataset"]
     tracker.log_dataset(ds["name"], ds["path"], ds["digest"])
 
     print(f"training on {device}: {len(train_df)} train / {len(dev_df)} dev sentences", flush=True)
-    res = train(train_df, dev_df, vocabs, mcfg, tcfg, p["base"]["seed"], state_path=args.state,
+    res = train(train_df, dev_df, vocabs, mcfg, tcfg, p["base"].seed, state_path=args.state,
                 on_epoch=lambda row: tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"},
                                                          step=row["epoch"]))
     if res.truncated:
@@ -60,7 +66,9 @@ def main() -> int:
               "truncated", flush=True)
     model = build_model(mcfg.to_dict(), vocabs)
     model.load_state_dict(res.best_state)
-    preprocess = {k: meta[k] for k in ("lang", "lowercase", "remove_stopwords", "removable_stopwords")}
+    # The text pipeline's settings travel with the model, so prediction reads text as preprocess did.
+    preprocess = {**TextPipeline.from_settings(meta, f"{args.processed}/meta.json").settings(),
+                  "remove_stopwords": meta["remove_stopwords"]}
     save_checkpoint(args.checkpoint, model, vocabs, preprocess,
                     {"best_epoch": res.best_epoch, "dev_scores": res.best_scores, "device": res.device})
     Path(args.state).unlink(missing_ok=True)  # only needed to recover from a crash

@@ -8,7 +8,7 @@ import warnings
 import pytest
 from seqeval.metrics import f1_score, precision_score, recall_score
 
-from twinhead.metrics import intent_scores, sentence_accuracy, slot_scores, summary
+from twinhead.metrics import intent_scores, sentence_accuracy, slot_scores, span_scores, summary
 
 # --- slot scores --------------------------------------------------------------------------------
 
@@ -108,7 +108,7 @@ def test_intent_scores_hand_checked_with_intent_unseen_in_train():
     pred = ["a", "b", "b", "a"]
     s = intent_scores(gold, pred)
     assert s["accuracy"] == pytest.approx(2 / 4)
-    # a: P 1/2 R 1/2 F 1/2;  b: P 1/2 R 1 F 2/3;  c: F 0  -> macro over gold labels
+    # a: P 1/2 R 1/2 F 1/2;  b: P 1/2 R 1 F 2/3;  c: F 0  -> macro over gold ∪ predicted labels
     assert s["macro_f1"] == pytest.approx((0.5 + 2 / 3 + 0.0) / 3)
     assert s["per_class"]["a"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
     assert s["per_class"]["b"]["precision"] == pytest.approx(0.5)
@@ -120,14 +120,28 @@ def test_intent_scores_hand_checked_with_intent_unseen_in_train():
 def test_intent_scores_predicted_label_absent_from_gold():
     s = intent_scores(["a", "a"], ["a", "z"])
     assert s["accuracy"] == 0.5
-    # macro-F1 averages over gold labels only: a has P 1, R 1/2, F 2/3
-    assert s["macro_f1"] == pytest.approx(2 / 3)
+    # scikit-learn's default: macro over gold ∪ predicted labels. a: P 1, R 1/2, F 2/3; z: F 0
+    assert s["macro_f1"] == pytest.approx((2 / 3 + 0.0) / 2)
+    assert s["macro_f1_labels"] == ["a", "z"]
     assert s["per_class"]["z"]["support"] == 0
+    from sklearn.metrics import f1_score
+
+    assert s["macro_f1"] == pytest.approx(f1_score(["a", "a"], ["a", "z"], average="macro", zero_division=0))
 
 
 def test_intent_scores_perfect():
     s = intent_scores(["x", "y", "y"], ["x", "y", "y"])
     assert s["accuracy"] == 1.0 and s["macro_f1"] == 1.0
+
+
+def test_span_scores_hand_checked():
+    gold = [[(0, 4, "city"), (8, 12, "time")], [], [(3, 9, "artist")]]
+    pred = [[(0, 4, "city"), (8, 13, "time")], [(0, 2, "x")], [(3, 9, "artist")]]
+    s = span_scores(gold, pred)
+    # tp 2 (city, artist), 4 predicted, 3 gold
+    assert s["precision"] == pytest.approx(2 / 4) and s["recall"] == pytest.approx(2 / 3)
+    assert s["f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+    assert s["support"] == 3
 
 
 # --- sentence accuracy --------------------------------------------------------------------------

@@ -197,7 +197,10 @@ def test_predict_words_restores_train_mode_and_rejects_empty():
 
 
 def test_model_config_rejects_bad_values():
-    with pytest.raises(ValueError, match="model.overlong"):
+    # a bundle's or checkpoint's model_config goes through the same checks as params.yaml
+    with pytest.raises(ValueError, match="overlong\n  Input should be 'window' or 'truncate'"):
         ModelConfig(overlong="drop")
-    with pytest.raises(ValueError, match="must be positive"):
+    with pytest.raises(ValueError, match="max_len\n  Input should be greater than or equal to 1"):
         ModelConfig(max_len=0)
+    with pytest.raises(ValueError, match="char_kernel\n  Value error, must be odd"):
+        ModelConfig(char_kernel=2)

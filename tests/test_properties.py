@@ -746,7 +746,7 @@ def test_predict_longer_than_max_len(predictor, words):
     tick("predict_longer_than_max_len")
     text = " ".join(words)
     toks, _ = tokenize(NLP, text)
-    over = len(keep_positions(toks, predictor.removable)) > MAX_LEN
+    over = len(keep_positions(toks, predictor.text.removable)) > MAX_LEN
     before = predictor.stats.windowed
     (pred,) = predictor.predict([text])
     check_prediction(pred, text, predictor)
@@ -897,18 +897,24 @@ def test_unreadable_input_names_the_path(bundle, tmp_path, kind):
 @given(rows=st.lists(st.tuples(st.lists(st.one_of(WORD, KNOWN), min_size=1, max_size=8), INTENT), min_size=1,
                      max_size=6), data=st.data())
 def test_evaluate_unseen_labels(predictor, rows, data):
-    """Gold intents and slot types never seen in training are scored, not crashed on."""
+    """Gold intents and slot types never seen in training are scored, not crashed on, and the raw-text
+    path (each text through Predictor.predict, scored on character spans) agrees with the processed one."""
     from twinhead.evaluate import evaluate
-    from twinhead.preprocess import to_frame
+    from twinhead.preprocess import through_pipeline, to_frame
 
     tick("evaluate_unseen_labels", len(rows))
     exs = [Example(words, data.draw(bio_tags(len(words))), intent, f"gen:{k}")
            for k, (words, intent) in enumerate(rows, start=1)]
-    df = to_frame(exs, predictor.removable, predictor.lowercase)
-    res = evaluate(predictor.model, predictor.vocabs, df, batch_size=4)
-    assert res.summary["sentences"] == len(rows)
-    for key, value in res.summary.items():
-        assert key == "sentences" or 0.0 <= value <= 1.0, (key, value)
+    df = to_frame(through_pipeline(exs, predictor.text), predictor.text)
+    res = evaluate(predictor, df, batch_size=4)
+    s = res.summary
+    assert s["sentences"] == len(rows)
+    assert s["raw_disagreements"] == 0
+    for key in ("intent_accuracy", "slot_precision", "slot_recall", "slot_f1", "sentence_accuracy"):
+        assert s[f"raw_{key}"] == pytest.approx(s[key]), key
+    assert len(res.errors) == round((1 - s["sentence_accuracy"]) * len(rows))
+    unseen_rows = sum(i not in predictor.vocabs.intents.itos for _, i in rows)
+    assert s["intent_accuracy"] <= 1 - unseen_rows / len(rows) + 1e-9  # an unseen intent is never right
     assert res.details["intents_unseen_in_train"] == sorted({i for _, i in rows} - set(predictor.vocabs.intents.itos))
     for err in res.errors:
         assert len(err["tokens"]) == len(err["gold_tags"]) == len(err["pred_tags"])

@@ -76,10 +76,13 @@ def test_stage_deps_are_its_import_closure(stage):
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_params_are_the_sections_it_loads(stage):
     tree = ast.parse((ROOT / "stages" / f"{stage}.py").read_text(encoding="utf-8"))
-    consts = [n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "PARAMS"]
-    assert consts, f"stages/{stage}.py must declare PARAMS"
-    loaded = set(ast.literal_eval(consts[0].value))
+    consts = [n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "SECTIONS"]
+    assert consts and isinstance(consts[0].value, ast.Dict), f"stages/{stage}.py must declare SECTIONS = {{...}}"
+    loaded = {ast.literal_eval(k) for k in consts[0].value.keys}
     assert set(STAGES[stage]["params"]) == loaded
+    # ...and loads exactly those: no other call reads params.yaml
+    calls = {ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    assert "load_config" in calls and not calls & {"read_params_file", "yaml.safe_load"}
 
 
 def test_closure_sees_lazy_imports(tmp_path):

@@ -1,16 +1,25 @@
-"""Evaluation on a processed split: summary metrics, per-class details, errors, intent confusion."""
+"""Evaluation of an exported bundle on a processed split: summary metrics (processed and raw-text
+paths), per-class details, errors, intent confusion."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 
 from twinhead import fileio
 from twinhead.inference import predict_mapped
-from twinhead.metrics import summary
-from twinhead.text import bio_to_spans
+from twinhead.metrics import span_scores, summary
+from twinhead.params import PosInt, section
+from twinhead.text import char_spans
+
+
+@section
+class EvaluateConfig:
+    split: Literal["train", "dev", "test"] = "test"  # the split scored into metrics/eval.json
+    batch_size: PosInt = 256
 
 
 @dataclass
@@ -21,32 +30,60 @@ class EvalResult:
     confusion: list[dict]  # {"actual", "predicted"} per sentence (DVC confusion plot)
 
 
-def _spans(tokens: list[str], tags: list[str]) -> list[dict]:
-    return [{"text": " ".join(tokens[s:e]), "label": t, "start": s, "end": e} for s, e, t in bio_to_spans(tags)]
+def _spans(text: str, spans) -> list[dict]:
+    return [{"text": text[s:e], "label": t, "start": s, "end": e} for s, e, t in spans]
 
 
-def evaluate(model, vocabs, df: pd.DataFrame, batch_size: int = 256, progress=None) -> EvalResult:
+def raw_text_scores(predictor, df: pd.DataFrame, batch_size: int = 256) -> tuple[dict, list[dict]]:
+    """Each sentence's text through Predictor.predict (what `twinhead predict` does), scored on
+    character spans against the gold spans. Returns the raw_* headline numbers and the predictions."""
+    preds = predictor.predict(list(df["text"]), batch_size, where="evaluation text")
+    gold = [char_spans(list(t), list(o), list(g)) for t, o, g in zip(df["tokens"], df["offsets"], df["tags"])]
+    pred = [[(e["start"], e["end"], e["label"]) for e in p["entities"]] for p in preds]
+    gold_intents = list(df["intent"])
+    slots = span_scores(gold, pred)
+    ok = sum(gi == p["intent"] and set(g) == set(ps) for gi, p, g, ps in zip(gold_intents, preds, gold, pred))
+    n = len(df)
+    scores = {
+        "raw_intent_accuracy": sum(gi == p["intent"] for gi, p in zip(gold_intents, preds)) / n if n else 0.0,
+        "raw_slot_precision": slots["precision"],
+        "raw_slot_recall": slots["recall"],
+        "raw_slot_f1": slots["f1"],
+        "raw_sentence_accuracy": ok / n if n else 0.0,
+    }
+    return scores, preds
+
+
+def evaluate(predictor, df: pd.DataFrame, batch_size: int = 256, progress=None) -> EvalResult:
+    """Score a processed split with an exported bundle's model, twice: on the processed words (the
+    pipeline's tokens, gold tags on them) and on the raw text through the Predictor (raw_* keys)."""
+    model, vocabs = predictor.model, predictor.vocabs
     pred_intents, probs, pred_tags = predict_mapped(model, vocabs, df, batch_size, progress)
     gold_tags = [list(t) for t in df["tags"]]
     gold_intents = list(df["intent"])
     head, intents, slots = summary(gold_intents, pred_intents, gold_tags, pred_tags)
-    head = {"sentences": len(df), **head}
+    raw, raw_preds = raw_text_scores(predictor, df, batch_size)
+    head = {"sentences": len(df), **head, **raw,
+            "raw_disagreements": sum(p["intent"] != i or p["tags"] != t
+                                     for p, i, t in zip(raw_preds, pred_intents, pred_tags))}
     unseen = sorted(set(gold_intents) - set(vocabs.intents.itos))
     details = {"intent": intents, "slot": slots, "intents_unseen_in_train": unseen}
     errors = []
-    for k, (toks, gi, pi, gt, pt) in enumerate(zip(df["tokens"], gold_intents, pred_intents, gold_tags, pred_tags)):
-        toks = list(toks)
+    rows = zip(df["text"], df["tokens"], df["offsets"], gold_intents, pred_intents, gold_tags, pred_tags)
+    for k, (text, toks, offs, gi, pi, gt, pt) in enumerate(rows):
         if gi == pi and gt == pt:
             continue
+        toks, offs = list(toks), list(offs)
         errors.append({
             "source": df["source"].iloc[k],
+            "text": text,
             "tokens": toks,
             "gold_intent": gi,
             "pred_intent": pi,
             "pred_probability": round(float(probs[k].max()), 4),
             "intent_wrong": gi != pi,
-            "gold_spans": _spans(toks, gt),
-            "pred_spans": _spans(toks, pt),
+            "gold_spans": _spans(text, char_spans(toks, offs, gt)),
+            "pred_spans": _spans(text, char_spans(toks, offs, pt)),
             "gold_tags": gt,
             "pred_tags": pt,
         })

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
 
 from twinhead import fileio
 from twinhead.checkpoint import load_checkpoint
+from twinhead.params import Name, section
 from twinhead.predictor import BUNDLE_FORMAT, CONFIG, VOCAB, WEIGHTS, sha256_file
+
+EXAMPLES = ["play the new album by the beatles on spotify", "will it rain tomorrow in paris"]
+
+
+@section
+class ExportConfig:
+    # smoke test after export, and the MLflow input example
+    examples: Annotated[list[Name], Field(min_length=1)] = dataclasses.field(default_factory=lambda: list(EXAMPLES))
 
 
 def export_bundle(checkpoint: str | Path, out_dir: str | Path) -> dict:

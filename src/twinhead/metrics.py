@@ -39,16 +39,29 @@ def slot_scores(gold: list[list[str]], pred: list[list[str]]) -> dict:
 def intent_scores(gold: list[str], pred: list[str]) -> dict:
     from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
+    # scikit-learn's default label set for macro averaging: gold and predicted labels together
     labels = sorted(set(gold) | set(pred))
     p, r, f, s = precision_recall_fscore_support(gold, pred, labels=labels, zero_division=0)
     return {
         "accuracy": float(accuracy_score(gold, pred)),
-        "macro_f1": float(f1_score(gold, pred, labels=sorted(set(gold)), average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(gold, pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1_labels": labels,
         "per_class": {
             lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
             for i, lab in enumerate(labels)
         },
     }
+
+
+def span_scores(gold: list, pred: list) -> dict:
+    """Micro P/R/F1 of exact (start, end, label) matches, per sentence, over all sentences."""
+    tp = n_pred = n_gold = 0
+    for g, p in zip(gold, pred, strict=True):
+        g, p = set(map(tuple, g)), set(map(tuple, p))
+        tp += len(g & p)
+        n_pred += len(p)
+        n_gold += len(g)
+    return _prf(tp, n_pred, n_gold)
 
 
 def sentence_accuracy(gold_intents, pred_intents, gold_tags, pred_tags) -> float:

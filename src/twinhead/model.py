@@ -2,35 +2,39 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from typing import Annotated, Literal
 
 import torch
+from pydantic import AfterValidator, Field
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from twinhead.params import Fraction, NonNegInt, PosInt, section
 
 NEG = -1e4  # "forbidden" score; finite so that sums never turn into NaN
 
 
-@dataclass
+def _odd(k: int) -> int:
+    if k % 2 == 0:
+        raise ValueError("must be odd, so that the CNN keeps one output per character")
+    return k
+
+
+@section
 class ModelConfig:
-    word_dim: int = 128  # word embedding size
-    char_dim: int = 32  # character embedding size; 0 turns the character CNN off
-    char_filters: int = 64  # character CNN output channels
-    char_kernel: int = 3  # character CNN window
-    max_word_len: int = 20  # characters read per word
-    hidden_size: int = 128  # LSTM hidden size per direction
-    num_layers: int = 2  # stacked BiLSTM layers
-    dropout: float = 0.3  # dropout on embeddings, between LSTM layers and before the heads
+    word_dim: PosInt = 128  # word embedding size
+    char_dim: NonNegInt = 32  # character embedding size; 0 turns the character CNN off
+    char_filters: PosInt = 64  # character CNN output channels
+    char_kernel: Annotated[int, Field(ge=1), AfterValidator(_odd)] = 3  # character CNN window (odd)
+    max_word_len: PosInt = 20  # characters read per word
+    hidden_size: PosInt = 128  # LSTM hidden size per direction
+    num_layers: PosInt = 2  # stacked BiLSTM layers
+    dropout: Fraction = 0.3  # dropout on embeddings, between LSTM layers and before the heads
     intent_to_tags: bool = True  # feed the predicted intent distribution to the tag head
     bio_constraints: bool = True  # decode tags with Viterbi over valid BIO transitions only
-    max_len: int = 64  # longest token sequence read at once
-    overlong: str = "window"  # longer inputs: 'window' (split, predict, merge) or 'truncate' (warn + count)
-
-    def __post_init__(self):
-        if self.overlong not in ("window", "truncate"):
-            raise ValueError(f"model.overlong must be 'window' or 'truncate', not {self.overlong!r}")
-        if self.max_len < 1 or self.hidden_size < 1 or self.num_layers < 1 or self.word_dim < 1:
-            raise ValueError("model.max_len, hidden_size, num_layers and word_dim must be positive")
+    max_len: PosInt = 64  # longest token sequence read at once
+    overlong: Literal["window", "truncate"] = "window"  # longer inputs: split + merge, or warn + count
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -18,7 +18,8 @@ from pathlib import Path
 from twinhead.errors import DataError, TwinheadError
 from twinhead.inference import OverlongStats, predict_words
 from twinhead.model import JointModel, ModelConfig
-from twinhead.text import bio_to_spans, get_nlp, keep_positions, map_back, normalize, text_problem, tokenize
+from twinhead.params import parse_section
+from twinhead.text import TextPipeline, char_spans, map_back, text_problem
 from twinhead.vocab import Vocabs
 
 BUNDLE_FORMAT = "twinhead-bundle/1"
@@ -64,7 +65,7 @@ class Predictor:
             raise TwinheadError(f"{bundle}: vocabulary sizes {sizes} differ from those recorded at export "
                                 f"{cfg['sizes']}")
         self.config = cfg
-        mcfg = ModelConfig(**cfg["model_config"])
+        mcfg = parse_section(ModelConfig, cfg["model_config"], "model_config", cfg_path)
         self.model = JointModel(mcfg, sizes["words"], sizes["chars"], self.vocabs.tags.itos, sizes["intents"])
         state = load_file(str(bundle / WEIGHTS))
         try:
@@ -72,17 +73,18 @@ class Predictor:
         except RuntimeError as e:
             raise TwinheadError(f"{bundle}: weights do not fit the recorded model config and vocab: {e}") from e
         self.model.to(torch.device(device)).eval()
-        pre = cfg["preprocess"]
-        self.lang, self.lowercase = pre["lang"], pre["lowercase"]
-        self.removable = frozenset(pre["removable_stopwords"])
-        self.nlp = get_nlp(self.lang)
+        # The text pipeline preprocess used, rebuilt from its saved settings.
+        self.text = TextPipeline.from_settings(cfg["preprocess"], f"{cfg_path}: preprocess")
         self.stats = OverlongStats()
 
     def predict_tokens(self, token_lists: list[list[str]], batch_size: int = 256,
                        progress: Callable[[int], None] | None = None) -> list[dict]:
         """Intent, probability and one tag per token, for pre-tokenized sentences."""
-        keeps = [keep_positions(toks, self.removable) for toks in token_lists]
-        words = [[normalize(toks[i], self.lowercase) for i in keep] for toks, keep in zip(token_lists, keeps)]
+        keeps, words = [], []
+        for toks in token_lists:
+            keep, ws = self.text.model_words(toks)
+            keeps.append(keep)
+            words.append(ws)
         probs, tags = predict_words(self.model, self.vocabs, words, batch_size, progress, self.stats)
         out = []
         for toks, keep, p, t in zip(token_lists, keeps, probs, tags):
@@ -104,15 +106,14 @@ class Predictor:
             problem = text_problem(text)
             if problem:
                 raise DataError(problem, where, n)
-            toks, offs = tokenize(self.nlp, text)
+            toks, offs = self.text.tokenize(text)
             if not toks:
                 raise DataError("text is empty or whitespace only", where, n)
             tokenized.append((toks, offs))
         preds = self.predict_tokens([t for t, _ in tokenized], batch_size, progress)
         for text, (toks, offs), pred in zip(texts, tokenized, preds):
             ents = []
-            for s, e, label in bio_to_spans(pred["tags"]):
-                start, end = offs[s], offs[e - 1] + len(toks[e - 1])
+            for start, end, label in char_spans(toks, offs, pred["tags"]):
                 ents.append({"text": text[start:end], "label": label, "start": start, "end": end})
             pred["text"] = text
             pred["entities"] = ents

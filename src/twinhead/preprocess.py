@@ -1,26 +1,29 @@
-"""Turn a raw dataset into per-split tables: tokens, gold tags, intent, and the stop-word-filtered view.
+"""Turn a raw dataset into per-split tables: text, tokens, gold tags, intent, and what the model reads.
 
-Each split keeps its original tokens and gold tags (every metric is computed against them) beside
-`keep` (positions kept after stop-word removal), `words` (the normalized kept tokens the model reads)
-and `word_tags` (their tags). The stop-word rule is learned from train only and saved in meta.json,
-so prediction applies exactly the same rule.
+Every input format goes through one TextPipeline (twinhead.text), the same one the predictor rebuilds
+from the bundle: raw text is tokenized by spaCy; pre-tokenized BIO lines are joined by single spaces and
+tokenized the same way, each tag following its characters. Each split keeps the text, the pipeline's
+tokens, their character offsets and the gold tags on them (every metric is computed against these),
+beside `keep` (positions kept after stop-word removal), `words` (the normalized kept tokens the model
+reads) and `word_tags` (their tags). The stop-word rule is learned from train only and saved in
+meta.json, so prediction applies exactly the same rule.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from twinhead import fileio
-from twinhead.readers import SPLITS, Example, SplitReport, read_dataset
-from twinhead.text import bio_to_spans, get_nlp, keep_positions, normalize, removable_stopwords
+from twinhead.params import Name, section
+from twinhead.readers import SPLITS, DataConfig, Example, SplitReport, read_dataset
+from twinhead.text import TextPipeline, bio_to_spans, removable_stopwords
 
 
-@dataclass
+@section
 class PreprocessConfig:
-    lang: str = "en"  # spaCy language for spacy.blank(lang)
+    lang: Name = "en"  # spaCy language for spacy.blank(lang)
     lowercase: bool = True  # lowercase the words the model reads
     remove_stopwords: bool = True  # drop spaCy stop words (their tags go with them)
     keep_entity_stopwords: bool = True  # ...except words seen inside training entities
@@ -34,19 +37,29 @@ def entity_words(examples: list[Example]) -> set[str]:
     return words
 
 
-def stopword_rule(cfg: PreprocessConfig, train: list[Example]) -> list[str]:
+def stopword_rule(cfg: PreprocessConfig, train: list[Example], pipe: TextPipeline) -> list[str]:
     """The removable stop words, from spaCy's list and the train split only."""
     if not cfg.remove_stopwords:
         return []
-    nlp = get_nlp(cfg.lang)
     keep = entity_words(train) if cfg.keep_entity_stopwords else set()
-    return sorted(removable_stopwords(nlp, keep))
+    return sorted(removable_stopwords(pipe.nlp, keep))
 
 
-def to_frame(examples: list[Example], removable: frozenset[str], lowercase: bool) -> pd.DataFrame:
+def through_pipeline(examples: list[Example], pipe: TextPipeline) -> list[Example]:
+    """Pre-tokenized examples re-tokenized by the pipeline (raw-text ones already were, by the reader)."""
+    out = []
+    for ex in examples:
+        if ex.text is None:
+            text, tokens, offsets, tags = pipe.from_tokens(ex.tokens, ex.tags)
+            ex = Example(tokens, tags, ex.intent, ex.source, text=text, offsets=offsets)
+        out.append(ex)
+    return out
+
+
+def to_frame(examples: list[Example], pipe: TextPipeline) -> pd.DataFrame:
     rows = []
     for ex in examples:
-        kept = keep_positions(ex.tokens, removable)
+        kept, words = pipe.model_words(ex.tokens)
         rows.append({
             "source": ex.source,
             "text": ex.text,
@@ -55,7 +68,7 @@ def to_frame(examples: list[Example], removable: frozenset[str], lowercase: bool
             "tags": ex.tags,
             "offsets": ex.offsets,
             "keep": kept,
-            "words": [normalize(ex.tokens[i], lowercase) for i in kept],
+            "words": words,
             "word_tags": [ex.tags[i] for i in kept],
         })
     return pd.DataFrame(rows, columns=["source", "text", "intent", "tokens", "tags", "offsets",
@@ -87,26 +100,22 @@ def data_report(frames: dict[str, pd.DataFrame], reports: dict[str, SplitReport]
     return out
 
 
-def preprocess(raw: str | Path, data: dict, cfg: PreprocessConfig, seed: int):
+def preprocess(raw: str | Path, data: DataConfig | None, cfg: PreprocessConfig, seed: int):
     """Read the raw dataset and build the per-split frames, the meta record and the data report.
 
     Args:
         raw: dataset folder (BIO folder or JSONL format).
-        data: the `data` params section (format, on_error, dev_fraction).
+        data: the `data` params section (format, on_error, dev_fraction); None: its defaults.
         cfg: preprocessing settings.
         seed: seeds the dev hold-out for JSONL data without dev.jsonl.
     """
-    splits, reports = read_dataset(raw, data.get("format", "auto"), cfg.lang, data.get("on_error", "raise"),
-                                   data.get("dev_fraction", 0.1), seed)
-    removable = stopword_rule(cfg, splits["train"])
-    frozen = frozenset(removable)
-    frames = {s: to_frame(splits[s], frozen, cfg.lowercase) for s in SPLITS}
-    meta = {
-        "lang": cfg.lang,
-        "lowercase": cfg.lowercase,
-        "remove_stopwords": cfg.remove_stopwords,
-        "removable_stopwords": removable,
-    }
+    data = data or DataConfig(path=str(raw))
+    splits, reports = read_dataset(raw, data.format, cfg.lang, data.on_error, data.dev_fraction, seed)
+    tokenizer = TextPipeline(cfg.lang, cfg.lowercase)
+    splits = {s: through_pipeline(splits[s], tokenizer) for s in SPLITS}
+    pipe = TextPipeline(cfg.lang, cfg.lowercase, stopword_rule(cfg, splits["train"], tokenizer))
+    frames = {s: to_frame(splits[s], pipe) for s in SPLITS}
+    meta = {**pipe.settings(), "remove_stopwords": cfg.remove_stopwords}
     report = data_report(frames, reports)
     skipped = {s: r.skipped for s, r in reports.items() if r.skipped}
     return frames, meta, report, skipped

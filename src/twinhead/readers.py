@@ -13,12 +13,24 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from twinhead.errors import DataError, TwinheadError
+from twinhead.params import Name, section
 from twinhead.text import bio_error, get_nlp, spans_to_bio, text_problem, tokenize
 
 SPLITS = ("train", "dev", "test")
 BIO_FILES = ("seq.in", "seq.out", "label")
+
+
+@section
+class DataConfig:
+    path: Name  # dataset folder (no default: params.yaml names it)
+    format: Literal["auto", "bio", "jsonl"] = "auto"  # auto: detected from the folder's files
+    on_error: Literal["raise", "skip"] = "raise"  # raise: stop at the first malformed line; skip: count it
+    dev_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1  # JSONL without dev.jsonl: share of train held out
 
 
 @dataclass

@@ -153,3 +153,78 @@ def map_back(n: int, kept: list[int], kept_tags: list[str]) -> list[str]:
 
 def normalize(token: str, lowercase: bool) -> str:
     return token.lower() if lowercase else token
+
+
+def char_spans(tokens: list[str], offsets: list[int], tags: list[str]) -> list[tuple[int, int, str]]:
+    """BIO tags on tokens -> (start, end_exclusive, type) character spans in the text."""
+    return [(offsets[s], offsets[e - 1] + len(tokens[e - 1]), t) for s, e, t in bio_to_spans(tags)]
+
+
+def tags_for_spans(tokens: list[str], offsets: list[int], spans: list[tuple[int, int, str]]) -> list[str] | None:
+    """BIO tags on tokens for character spans, or None if a span does not fall on token boundaries."""
+    starts = {o: k for k, o in enumerate(offsets)}
+    ends = {o + len(t): k for k, (o, t) in enumerate(zip(offsets, tokens))}
+    if any(s not in starts or e not in ends for s, e, _ in spans):
+        return None
+    return spans_to_bio(len(tokens), [(starts[s], ends[e] + 1, t) for s, e, t in spans])
+
+
+class TextPipeline:
+    """The one way text becomes what the model reads, at training, evaluation and prediction time.
+
+    Built from saved settings (processed/meta.json -> checkpoint -> bundle config.json), so the
+    predictor applies exactly what preprocess applied: spaCy's tokenizer for `lang`, the stop-word
+    rule learned from train, optional lowercasing. Pre-tokenized input (BIO files) goes through the
+    same tokenizer: its tokens are joined by single spaces, as a user would type them, re-tokenized,
+    and each tag follows its characters. spaCy never merges across a space, so every file token is
+    one or more pipeline tokens and the gold spans survive exactly.
+    """
+
+    SETTINGS = ("lang", "lowercase", "removable_stopwords")
+
+    def __init__(self, lang: str, lowercase: bool, removable_stopwords=()):
+        self.lang = lang
+        self.lowercase = lowercase
+        self.removable = frozenset(removable_stopwords)
+        self.nlp = get_nlp(lang)
+
+    @classmethod
+    def from_settings(cls, settings, where: str = "preprocess settings") -> TextPipeline:
+        """From a saved settings dict; a missing or mistyped field is a TwinheadError naming it."""
+        if not isinstance(settings, dict):
+            raise TwinheadError(f"{where}: expected an object, got {type(settings).__name__}")
+        missing = [k for k in cls.SETTINGS if k not in settings]
+        if missing:
+            raise TwinheadError(f"{where}: missing field(s) {', '.join(missing)}")
+        lang, lowercase, removable = (settings[k] for k in cls.SETTINGS)
+        if not isinstance(lang, str) or not lang:
+            raise TwinheadError(f"{where}: field 'lang' must be a language code, got {lang!r}")
+        if not isinstance(lowercase, bool):
+            raise TwinheadError(f"{where}: field 'lowercase' must be true or false, got {lowercase!r}")
+        if not isinstance(removable, list) or not all(isinstance(w, str) for w in removable):
+            raise TwinheadError(f"{where}: field 'removable_stopwords' must be a list of strings")
+        return cls(lang, lowercase, removable)
+
+    def settings(self) -> dict:
+        return {"lang": self.lang, "lowercase": self.lowercase, "removable_stopwords": sorted(self.removable)}
+
+    def tokenize(self, text: str) -> tuple[list[str], list[int]]:
+        return tokenize(self.nlp, text)
+
+    def model_words(self, tokens: list[str]) -> tuple[list[int], list[str]]:
+        """Positions kept after stop-word removal, and the (normalized) words the model reads there."""
+        keep = keep_positions(tokens, self.removable)
+        return keep, [normalize(tokens[i], self.lowercase) for i in keep]
+
+    def from_tokens(self, tokens: list[str], tags: list[str]) -> tuple[str, list[str], list[int], list[str]]:
+        """Pre-tokenized input -> (text, pipeline tokens, their offsets, tags on them)."""
+        text = " ".join(tokens)
+        starts, pos = [], 0
+        for tok in tokens:
+            starts.append(pos)
+            pos += len(tok) + 1
+        toks, offs = self.tokenize(text)
+        new_tags = tags_for_spans(toks, offs, char_spans(tokens, starts, tags))
+        if new_tags is None:  # cannot happen with spaCy (it never merges across a space); be loud if it does
+            raise TwinheadError(f"tokenizer for {self.lang!r} merged tokens across a space in {text[:80]!r}")
+        return text, toks, offs, new_tags

@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from twinhead import fileio
-from twinhead.params import flatten
+from twinhead.params import Name, flatten, section
+
+
+@section
+class MlflowConfig:
+    enabled: bool = True  # false: no MLflow logging at all
+    experiment: Name = "twinhead"  # MLflow experiment the runs go to
+    registered_model: Name = "twinhead-joint"  # registry name of the exported model
+
 
 RETRIES = 8  # SQLite allows one writer at a time: parallel queue workers retry "database is locked"
 
@@ -87,9 +95,9 @@ class Tracker:
 
     # -- lifecycle -------------------------------------------------------------------------------
     @classmethod
-    def start(cls, cfg: dict, stage: str) -> Tracker:
+    def start(cls, cfg: MlflowConfig, stage: str) -> Tracker:
         """Open a new run in the experiment cfg['experiment'] (train stage)."""
-        if not cfg.get("enabled", True):
+        if not cfg.enabled:
             return cls(None, None, "disabled by params (mlflow.enabled: false)")
         uri = default_tracking_uri()
         t = cls(uri, None)
@@ -102,13 +110,13 @@ class Tracker:
             import mlflow
 
             mlflow.set_tracking_uri(uri)
-            exp = mlflow.get_experiment_by_name(cfg["experiment"])
+            exp = mlflow.get_experiment_by_name(cfg.experiment)
             if exp is None:
                 try:
                     kwargs = {"artifact_location": artifact_location()} if uri.startswith("sqlite:") else {}
-                    exp_id = mlflow.create_experiment(cfg["experiment"], **kwargs)
+                    exp_id = mlflow.create_experiment(cfg.experiment, **kwargs)
                 except Exception:
-                    exp = mlflow.get_experiment_by_name(cfg["experiment"])  # a parallel worker made it
+                    exp = mlflow.get_experiment_by_name(cfg.experiment)  # a parallel worker made it
                     if exp is None:
                         raise
                     exp_id = exp.experiment_id

@@ -11,15 +11,18 @@ import hashlib
 import json
 import os
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import AfterValidator, Field
 from torch import nn
 
 from twinhead import fileio
@@ -28,37 +31,40 @@ from twinhead.errors import TwinheadError
 from twinhead.inference import collate, encode, predict_mapped
 from twinhead.metrics import summary
 from twinhead.model import ModelConfig
+from twinhead.params import Fraction, NonNegFloat, NonNegInt, PosInt, section
 from twinhead.vocab import Vocabs
 
 STATE_FORMAT = "twinhead-train-state/1"
-METRICS = ("intent_accuracy", "slot_f1", "sentence_accuracy")
+METRICS = ("intent_accuracy", "slot_f1", "sentence_accuracy")  # dev metrics logged per epoch
 
 
-@dataclass
+def _device_name(name: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", name):
+        raise ValueError("must be auto, cpu, cuda, cuda:<index> or mps")
+    return name
+
+
+@section
 class TrainConfig:
-    epochs: int = 20  # maximum epochs
-    batch_size: int = 32
-    lr: float = 2e-3  # Adam learning rate
-    weight_decay: float = 0.0
-    scheduler: str = "cosine"  # 'cosine' (anneal to 0 over `epochs`) or 'none'
-    grad_clip: float = 5.0  # max gradient norm; 0 turns clipping off
-    intent_weight: float = 1.0  # loss weight of the intent task
-    tag_weight: float = 1.0  # loss weight of the tagging task
-    word_dropout: float = 0.25  # probability of reading a word seen once in train as <unk>
-    patience: int = 5  # epochs without dev improvement before stopping; 0 never stops early
-    early_stop_metric: str = "sentence_accuracy"  # dev metric: intent_accuracy, slot_f1 or sentence_accuracy
-    device: str = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'...
+    epochs: PosInt = 15  # maximum epochs
+    batch_size: PosInt = 64
+    lr: Annotated[float, Field(gt=0)] = 0.003  # Adam learning rate
+    weight_decay: NonNegFloat = 0.0
+    scheduler: Literal["cosine", "none"] = "cosine"  # cosine: anneal to 0 over `epochs`
+    grad_clip: NonNegFloat = 5.0  # max gradient norm; 0 turns clipping off
+    intent_weight: NonNegFloat = 1.0  # loss weight of the intent task
+    tag_weight: NonNegFloat = 1.0  # loss weight of the tagging task
+    word_dropout: Fraction = 0.25  # probability of reading a word seen once in train as <unk>
+    patience: NonNegInt = 5  # epochs without dev improvement before stopping; 0 never stops early
+    early_stop_metric: Literal[METRICS] = "sentence_accuracy"  # the dev metric early stopping follows
+    device: Annotated[str, AfterValidator(_device_name)] = "auto"  # auto: CUDA when present, else CPU
     deterministic: bool = True  # deterministic kernels (on GPU: cuDNN deterministic, see README)
-    threads: int = 0  # CPU threads for torch; 0 = torch's default
-    eval_batch_size: int = 256
+    threads: NonNegInt = 0  # CPU threads for torch; 0 = torch's default
+    eval_batch_size: PosInt = 256
 
     def __post_init__(self):
-        if self.early_stop_metric not in METRICS:
-            raise ValueError(f"train.early_stop_metric must be one of {METRICS}")
-        if self.scheduler not in ("cosine", "none"):
-            raise ValueError("train.scheduler must be 'cosine' or 'none'")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("train.epochs and train.batch_size must be positive")
+        if self.intent_weight == 0 and self.tag_weight == 0:
+            raise ValueError("intent_weight and tag_weight are both 0: nothing to learn")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -8,9 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twinhead import fileio
+from twinhead.params import PosInt, section
 
 PAD, UNK = "<pad>", "<unk>"
 VOCAB_FILES = ("words", "chars", "intents", "tags")
+
+
+@section
+class VocabConfig:
+    min_freq: PosInt = 1  # rarer words read as <unk>
 
 
 class Vocab:
