@@ -181,11 +181,11 @@ def test_predictor_hand_checked_output(tmp_path):
     model, vocabs = make_model()
     b_artist = vocabs.tags.itos.index("B-artist")
     with torch.no_grad():  # every kept word becomes B-artist, the intent is always SetAlarm
-        model.tag_head.weight.zero_()
-        model.tag_head.bias.zero_()
-        model.tag_head.bias[b_artist] = 5.0
-        model.intent_head[-1].weight.zero_()
-        model.intent_head[-1].bias.copy_(torch.tensor([0.0, 0.0, 4.0]))
+        model.tag_head.proj.weight.zero_()
+        model.tag_head.proj.bias.zero_()
+        model.tag_head.proj.bias[b_artist] = 5.0
+        model.intent_head.mlp[-1].weight.zero_()
+        model.intent_head.mlp[-1].bias.copy_(torch.tensor([0.0, 0.0, 4.0]))
     _, bundle = make_bundle(tmp_path, model, vocabs)
     text = "  Play  the Beatles\tnow, please"
     (out,) = Predictor(bundle).predict([text])
@@ -205,10 +205,10 @@ def test_predictor_multi_token_entity_offsets(tmp_path):
     model, vocabs = make_model()
     b, i = vocabs.tags.itos.index("B-time"), vocabs.tags.itos.index("I-time")
     with torch.no_grad():  # B-time then I-time on every kept word: one chunk per run of kept words
-        model.tag_head.weight.zero_()
-        model.tag_head.bias.zero_()
-        model.tag_head.bias[b] = 3.0
-        model.tag_head.bias[i] = 5.0
+        model.tag_head.proj.weight.zero_()
+        model.tag_head.proj.bias.zero_()
+        model.tag_head.proj.bias[b] = 3.0
+        model.tag_head.proj.bias[i] = 5.0
     _, bundle = make_bundle(tmp_path, model, vocabs)
     text = "wake  me up at 7\tam"
     (out,) = Predictor(bundle).predict([text])

@@ -7,8 +7,7 @@ import itertools
 import pytest
 import torch
 
-from twinhead.crf import CRF, NEG, bio_mask
-from twinhead.model import bio_transitions
+from twinhead.crf import CRF, NEG
 from twinhead.text import bio_error
 
 BIO = ["O", "B-a", "I-a", "B-b", "I-b"]
@@ -89,13 +88,6 @@ def test_score_of_an_invalid_path_carries_the_mask():
     path = (2, 0, 4)  # I-a at the start, then O -> I-b: two forbidden moves
     got = crf.score(em, torch.tensor([path]), mask).item()
     assert got == pytest.approx(hand_score(crf, em[0], path) + 2 * NEG, abs=1e-2)
-
-
-def test_bio_mask_matches_the_model_rules():
-    for tags in (BIO, ["O", "B-x", "I-x", "B-y", "I-y", "B-z", "I-z"], ["O", "I-x"]):
-        trans, start = bio_mask(tags)
-        ref_trans, ref_start = bio_transitions(tags)
-        assert torch.equal(trans, ref_trans) and torch.equal(start, ref_start)
 
 
 def test_padding_gives_each_sentence_its_own_result():

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from twinhead.crf import NEG
+from twinhead.crf import bio_mask as bio_transitions
+from twinhead.heads import viterbi
 from twinhead.inference import OverlongStats, collate, encode, predict_words
-from twinhead.model import NEG, JointModel, ModelConfig, bio_transitions, viterbi
+from twinhead.model import JointModel, ModelConfig
 from twinhead.text import bio_error
 from twinhead.vocab import build_vocabs
 
@@ -161,8 +164,8 @@ def test_predict_words_truncate_warns_counts_and_tags_rest_o():
     model, vocabs = make(tiny_config(max_len=4, overlong="truncate"))
     # make every kept word a B-a so truncated positions are recognizable
     with torch.no_grad():
-        model.tag_head.weight.zero_()
-        model.tag_head.bias.copy_(torch.tensor([0.0, 5.0, 0.0, 0.0, 0.0]))
+        model.tag_head.proj.weight.zero_()
+        model.tag_head.proj.bias.copy_(torch.tensor([0.0, 5.0, 0.0, 0.0, 0.0]))
     stats = OverlongStats()
     with pytest.warns(UserWarning, match=r"1 input\(s\) longer than model.max_len=4 tokens were truncated"):
         _, tags = predict_words(model, vocabs, [LONG, SENTS[0]], stats=stats)

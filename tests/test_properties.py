@@ -680,10 +680,10 @@ def bundle(tmp_path_factory) -> Path:
                       dropout=0.0)
     model = JointModel(cfg, len(vocabs.words), len(vocabs.chars), vocabs.tags.itos, len(vocabs.intents))
     with torch.no_grad():
-        model.tag_head.weight.mul_(6.0)
-        model.tag_head.bias.zero_()
+        model.tag_head.proj.weight.mul_(6.0)
+        model.tag_head.proj.bias.zero_()
         for tag in ("I-time", "I-city"):
-            model.tag_head.bias[vocabs.tags.stoi[tag]] = 4.0
+            model.tag_head.proj.bias[vocabs.tags.stoi[tag]] = 4.0
     save_checkpoint(d / "model.pt", model.eval(), vocabs, PREPROCESS, {"best_epoch": 0})
     export_bundle(d / "model.pt", d / "bundle")
     return d / "bundle"

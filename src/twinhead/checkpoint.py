@@ -21,7 +21,7 @@ FORMAT = "twinhead-checkpoint/1"
 
 def build_model(model_config: dict, vocabs: Vocabs) -> JointModel:
     return JointModel(ModelConfig(**model_config), len(vocabs.words), len(vocabs.chars), vocabs.tags.itos,
-                      len(vocabs.intents))
+                      vocabs.intents.itos)
 
 
 def save_checkpoint(path: str | Path, model: JointModel, vocabs: Vocabs, preprocess: dict, extra: dict) -> None:

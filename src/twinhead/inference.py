@@ -53,7 +53,7 @@ def predict_words(
     progress: Callable[[int], None] | None = None,
     stats: OverlongStats | None = None,
 ) -> tuple[np.ndarray, list[list[str]]]:
-    """Intent probabilities (N, I) and tag strings for each sentence (non-empty word lists).
+    """Sentence-label probabilities (N, L) and tag strings for each sentence (non-empty word lists).
 
     Inputs longer than model.cfg.max_len follow model.cfg.overlong: 'window' predicts on consecutive
     windows and merges them (tags concatenated, intent logits averaged by window length);
@@ -79,7 +79,7 @@ def predict_words(
         pieces.extend((i, s, e) for s, e in windows(len(ws), cfg.max_len))
     # Sort by length so batches hold similar lengths (less padding); results go back by index.
     order = sorted(range(len(pieces)), key=lambda k: pieces[k][2] - pieces[k][1])
-    n_int = model.intent_head[-1].out_features
+    n_int = model.intent_head.n_labels
     logit_sum = np.zeros((len(sentences), n_int), dtype=np.float64)
     weight = np.zeros(len(sentences))
     tags: list[list[str]] = [["O"] * len(ws) for ws in sentences]
@@ -99,12 +99,18 @@ def predict_words(
     if truncated:
         warnings.warn(f"{truncated} input(s) longer than model.max_len={cfg.max_len} tokens were "
                       "truncated; the rest of each is tagged O (policy model.overlong=truncate)", stacklevel=2)
-    logits = logit_sum / weight[:, None]
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
+    logits = torch.from_numpy(logit_sum / weight[:, None])
+    probs = model.intent_head.probs(logits).numpy()  # softmax, or a sigmoid per label (multi-label)
     if was_training:
         model.train()
     return probs, tags
+
+
+def sentence_labels(model: JointModel, vocabs: Vocabs, probs: np.ndarray) -> list[str]:
+    """The predicted label of each sentence from the sentence head's probabilities."""
+    if model.sentence_labels is None:  # a model built from the number of intents only
+        return [vocabs.intents.itos[k] for k in probs.argmax(1)]
+    return model.intents_from_probs(probs)
 
 
 def predict_mapped(model: JointModel, vocabs: Vocabs, df, batch_size: int = 256, progress=None,
@@ -117,6 +123,6 @@ def predict_mapped(model: JointModel, vocabs: Vocabs, df, batch_size: int = 256,
 
     sentences = [list(w) for w in df["words"]]
     probs, tags = predict_words(model, vocabs, sentences, batch_size, progress, stats)
-    intents = [vocabs.intents.itos[k] for k in probs.argmax(1)]
+    intents = sentence_labels(model, vocabs, probs)
     full = [map_back(len(toks), list(keep), t) for toks, keep, t in zip(df["tokens"], df["keep"], tags)]
     return intents, probs, full

@@ -10,9 +10,9 @@ from pydantic import AfterValidator, Field
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from twinhead.params import Fraction, NonNegInt, PosInt, section
-
-NEG = -1e4  # "forbidden" score; finite so that sums never turn into NaN
+from twinhead.crf import NEG
+from twinhead.heads import TAG_HEADS, SentenceHead
+from twinhead.params import Fraction, Name, NonNegInt, PosInt, section
 
 
 def _odd(k: int) -> int:
@@ -35,43 +35,13 @@ class ModelConfig:
     bio_constraints: bool = True  # decode tags with Viterbi over valid BIO transitions only
     max_len: PosInt = 64  # longest token sequence read at once
     overlong: Literal["window", "truncate"] = "window"  # longer inputs: split + merge, or warn + count
+    sentence_head: Literal["single", "multi"] = "single"  # multi: labels like a#b are label sets (sigmoid)
+    label_sep: Name = "#"  # what joins the labels of a multi-label sentence
+    multi_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5  # multi: labels at or over this probability
+    tag_decoder: Literal["softmax", "crf"] = "softmax"  # crf: a linear-chain CRF with learned transitions
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def bio_transitions(tags: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Additive scores (0 or NEG) for tag->tag transitions and for the first tag under BIO rules."""
-    k = len(tags)
-    trans = torch.zeros(k, k)
-    start = torch.zeros(k)
-    for j, t in enumerate(tags):
-        if t.startswith("I-"):
-            start[j] = NEG
-            for i, p in enumerate(tags):
-                if p[2:] != t[2:] or p == "O":
-                    trans[i, j] = NEG
-    return trans, start
-
-
-def viterbi(scores: torch.Tensor, mask: torch.Tensor, trans: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-    """Best tag path under additive transition scores. scores (B, T, K), mask (B, T) -> (B, T)."""
-    b, t_len, k = scores.shape
-    score = scores[:, 0] + start  # (B, K)
-    ident = torch.arange(k, device=scores.device).expand(b, k)
-    history = []
-    for t in range(1, t_len):
-        best, idx = (score.unsqueeze(2) + trans).max(1)  # (B, K)
-        m = mask[:, t].unsqueeze(1)
-        score = torch.where(m, best + scores[:, t], score)
-        history.append(torch.where(m, idx, ident))  # padding keeps the previous tag
-    last = score.argmax(1)
-    path = [last]
-    for idx in reversed(history):
-        last = idx.gather(1, last.unsqueeze(1)).squeeze(1)
-        path.append(last)
-    path.reverse()
-    return torch.stack(path, 1)
 
 
 class CharCNN(nn.Module):
@@ -88,13 +58,31 @@ class CharCNN(nn.Module):
         return x.max(2).values.view(b, t, -1)  # (B, T, F)
 
 
-class JointModel(nn.Module):
-    """Embeddings (+ char CNN) -> BiLSTM, shared by a pooled intent head and a per-token tag head."""
+def label_atoms(labels: list[str], sep: str) -> list[str]:
+    """The single labels that multi-label sentence labels like 'a#b' are made of, sorted."""
+    return sorted({a for lab in labels for a in lab.split(sep) if a})
 
-    def __init__(self, cfg: ModelConfig, n_words: int, n_chars: int, tags: list[str], n_intents: int):
+
+class JointModel(nn.Module):
+    """Embeddings (+ char CNN) -> BiLSTM (the shared encoder), read by a sentence head on mean+max pooling
+    and a tag head per token. The heads own their losses and decoding (twinhead.heads).
+
+    `intents` is the intent vocabulary (its size is enough for single-label models). With
+    sentence_head 'multi', the outputs are the label atoms of those intents (`a#b` -> a, b).
+    """
+
+    def __init__(self, cfg: ModelConfig, n_words: int, n_chars: int, tags: list[str], intents: int | list[str]):
         super().__init__()
         self.cfg = cfg
         self.tags = list(tags)
+        self.intent_labels = list(intents) if not isinstance(intents, int) else None
+        if cfg.sentence_head == "multi":
+            if self.intent_labels is None:
+                raise ValueError("a multi-label sentence head needs the intent labels, not only their number")
+            self.sentence_labels = label_atoms(self.intent_labels, cfg.label_sep)
+        else:
+            self.sentence_labels = self.intent_labels
+        n_out = len(self.sentence_labels) if self.sentence_labels is not None else intents
         h2 = 2 * cfg.hidden_size
         self.word_emb = nn.Embedding(n_words, cfg.word_dim, padding_idx=0)
         self.char_cnn = CharCNN(n_chars, cfg.char_dim, cfg.char_filters, cfg.char_kernel) if cfg.char_dim else None
@@ -102,15 +90,21 @@ class JointModel(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.lstm = nn.LSTM(in_dim, cfg.hidden_size, cfg.num_layers, batch_first=True, bidirectional=True,
                             dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
-        self.intent_head = nn.Sequential(nn.Linear(2 * h2, h2), nn.ReLU(), nn.Dropout(cfg.dropout),
-                                         nn.Linear(h2, n_intents))
-        self.tag_head = nn.Linear(h2 + (n_intents if cfg.intent_to_tags else 0), len(tags))
-        trans, start = bio_transitions(self.tags)
-        self.register_buffer("trans", trans, persistent=False)
-        self.register_buffer("start", start, persistent=False)
+        self.intent_head = SentenceHead(2 * h2, h2, n_out, cfg.dropout, cfg.sentence_head == "multi",
+                                        cfg.multi_threshold)
+        tag_in = h2 + (n_out if cfg.intent_to_tags else 0)
+        self.tag_head = TAG_HEADS[cfg.tag_decoder](tag_in, self.tags, cfg.bio_constraints)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The encoder's parameters: what both tasks update (the loss rules treat them apart)."""
+        heads = {id(p) for p in [*self.intent_head.parameters(), *self.tag_head.parameters()]}
+        return [p for p in self.parameters() if id(p) not in heads]
+
+    def head_parameters(self) -> dict[str, list[nn.Parameter]]:
+        return {"intent": list(self.intent_head.parameters()), "tags": list(self.tag_head.parameters())}
 
     def forward(self, words: torch.Tensor, chars: torch.Tensor, mask: torch.Tensor):
-        """words (B, T), chars (B, T, C), mask (B, T) bool -> intent logits (B, I), tag logits (B, T, K)."""
+        """words (B, T), chars (B, T, C), mask (B, T) bool -> sentence logits (B, L), tag scores (B, T, K)."""
         x = self.word_emb(words)  # (B, T, E)
         if self.char_cnn is not None:
             x = torch.cat([x, self.char_cnn(chars)], -1)  # (B, T, E + F)
@@ -124,15 +118,30 @@ class JointModel(nn.Module):
         m = mask.unsqueeze(-1)  # (B, T, 1)
         mean = (h * m).sum(1) / m.sum(1).clamp(min=1)  # (B, 2H)
         mx = h.masked_fill(~m, NEG).max(1).values  # (B, 2H)
-        intent_logits = self.intent_head(torch.cat([mean, mx], -1))  # (B, I)
+        intent_logits = self.intent_head(torch.cat([mean, mx], -1))  # (B, L)
         if self.cfg.intent_to_tags:
-            p = torch.softmax(intent_logits, -1).unsqueeze(1).expand(-1, h.shape[1], -1)  # (B, T, I)
+            p = self.intent_head.probs(intent_logits).unsqueeze(1).expand(-1, h.shape[1], -1)  # (B, T, L)
             h = torch.cat([h, p], -1)
-        tag_logits = self.tag_head(h)  # (B, T, K)
-        return intent_logits, tag_logits
+        tag_scores = self.tag_head(h)  # (B, T, K)
+        return intent_logits, tag_scores
 
-    def decode_tags(self, tag_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Tag ids (B, T): Viterbi over valid BIO transitions, or per-token argmax."""
-        if not self.cfg.bio_constraints:
-            return tag_logits.argmax(-1)
-        return viterbi(torch.log_softmax(tag_logits, -1), mask, self.trans, self.start)
+    def decode_tags(self, tag_scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Tag ids (B, T), by the tag head's decoder."""
+        return self.tag_head.decode(tag_scores, mask)
+
+    def intent_targets(self, intents: list[str]) -> torch.Tensor:
+        """Training targets of the sentence head: ids (B,), or multi-hot rows (B, L) over label atoms."""
+        if not self.intent_head.multi_label:
+            return torch.tensor([self.intent_labels.index(i) for i in intents])
+        index = {a: k for k, a in enumerate(self.sentence_labels)}
+        target = torch.zeros(len(intents), len(self.sentence_labels))
+        for r, lab in enumerate(intents):
+            for a in lab.split(self.cfg.label_sep):
+                if a in index:
+                    target[r, index[a]] = 1.0
+        return target
+
+    def intents_from_probs(self, probs) -> list[str]:
+        """The predicted label of each sentence (multi-label: its atoms joined by label_sep, sorted)."""
+        labels = self.sentence_labels or [str(k) for k in range(self.intent_head.n_labels)]
+        return [self.cfg.label_sep.join(labels[k] for k in ks) for ks in self.intent_head.decide(probs)]

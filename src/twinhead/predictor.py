@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from twinhead.errors import DataError, TwinheadError
-from twinhead.inference import OverlongStats, predict_words
+from twinhead.inference import OverlongStats, predict_words, sentence_labels
 from twinhead.model import JointModel, ModelConfig
 from twinhead.params import parse_section
 from twinhead.text import TextPipeline, char_spans, map_back, text_problem
@@ -66,7 +66,7 @@ class Predictor:
                                 f"{cfg['sizes']}")
         self.config = cfg
         mcfg = parse_section(ModelConfig, cfg["model_config"], "model_config", cfg_path)
-        self.model = JointModel(mcfg, sizes["words"], sizes["chars"], self.vocabs.tags.itos, sizes["intents"])
+        self.model = JointModel(mcfg, sizes["words"], sizes["chars"], self.vocabs.tags.itos, self.vocabs.intents.itos)
         state = load_file(str(bundle / WEIGHTS))
         try:
             self.model.load_state_dict(state)
@@ -87,9 +87,11 @@ class Predictor:
             words.append(ws)
         probs, tags = predict_words(self.model, self.vocabs, words, batch_size, progress, self.stats)
         out = []
-        for toks, keep, p, t in zip(token_lists, keeps, probs, tags):
-            k = int(p.argmax())
-            out.append({"intent": self.vocabs.intents.itos[k], "probability": float(p[k]),
+        labels = sentence_labels(self.model, self.vocabs, probs)
+        chosen = self.model.intent_head.decide(probs)
+        for toks, keep, p, t, label, ks in zip(token_lists, keeps, probs, tags, labels, chosen):
+            # multi-label: the least probable of the labels predicted
+            out.append({"intent": label, "probability": float(min(p[k] for k in ks)),
                         "tokens": list(toks), "tags": map_back(len(toks), keep, t)})
         return out
 

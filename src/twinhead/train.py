@@ -98,10 +98,11 @@ def fingerprint(*parts) -> str:
 
 
 class TrainData:
-    """Encoded train split: word ids, char ids, tag ids, intent id, and which words are singletons."""
+    """Encoded train split: word ids, char ids, tag ids, the sentence head's targets (label ids, or
+    multi-hot rows), and which words are singletons."""
 
-    def __init__(self, df: pd.DataFrame, vocabs: Vocabs, mcfg: ModelConfig):
-        self.items, self.tags, self.intents, self.single = [], [], [], []
+    def __init__(self, df: pd.DataFrame, vocabs: Vocabs, mcfg: ModelConfig, intent_targets: Callable):
+        self.items, self.tags, intents, self.single = [], [], [], []
         self.truncated = 0
         counts = Counter(w for ws in df["words"] for w in ws)
         for ws, ts, intent in zip(df["words"], df["word_tags"], df["intent"]):
@@ -113,8 +114,9 @@ class TrainData:
                 ws, ts = ws[: mcfg.max_len], ts[: mcfg.max_len]
             self.items.append(encode(ws, vocabs, mcfg.max_word_len))
             self.tags.append(vocabs.tags.encode(ts))
-            self.intents.append(vocabs.intents.index(intent))
+            intents.append(intent)
             self.single.append([counts[w] == 1 for w in ws])
+        self.intents = intent_targets(intents)  # (N,) or (N, L)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -140,7 +142,7 @@ class TrainData:
         if word_dropout > 0:
             drop = (torch.rand(words.shape, generator=gen) < word_dropout) & single
             words = words.masked_fill(drop, 1)  # 1 = <unk>
-        intents = torch.tensor([self.intents[i] for i in idx])
+        intents = self.intents[torch.tensor(idx)]
         return (words.to(device), chars.to(device), mask.to(device), tags.to(device), intents.to(device))
 
 
@@ -201,10 +203,10 @@ def train(
 
     set_determinism(seed, tcfg)
     device = resolve_device(tcfg.device)
-    data = TrainData(train_df, vocabs, mcfg)
+    model = build_model(mcfg.to_dict(), vocabs).to(device)
+    data = TrainData(train_df, vocabs, mcfg, model.intent_targets)
     if len(data) == 0:
         raise TwinheadError("train split has no sentences with words")
-    model = build_model(mcfg.to_dict(), vocabs).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     steps_per_epoch = len(data.batches(tcfg.batch_size, torch.Generator().manual_seed(0)))
     if tcfg.scheduler == "cosine":
@@ -212,7 +214,6 @@ def train(
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     gen = torch.Generator().manual_seed(seed)
-    ce = nn.CrossEntropyLoss(ignore_index=-100)
 
     fp = fingerprint(mcfg.to_dict(), asdict(tcfg) | {"device": None, "threads": None}, seed, vocabs.to_lists(),
                      train_df[["words", "word_tags", "intent"]].map(list).values.tolist(),
@@ -245,8 +246,8 @@ def train(
         for idx in bar:
             words, chars, mask, tags, intents = data.batch(idx, device, tcfg.word_dropout, gen)
             intent_logits, tag_logits = model(words, chars, mask)
-            li = ce(intent_logits, intents)
-            lt = ce(tag_logits.reshape(-1, tag_logits.shape[-1]), tags.reshape(-1))
+            li = model.intent_head.loss(intent_logits, intents)
+            lt = model.tag_head.loss(tag_logits, tags, mask)
             loss = tcfg.intent_weight * li + tcfg.tag_weight * lt
             opt.zero_grad(set_to_none=True)
             loss.backward()
