@@ -11,7 +11,7 @@ import pandas as pd
 
 from twinhead import fileio
 from twinhead.inference import predict_mapped
-from twinhead.metrics import span_scores, summary
+from twinhead.metrics import label_scores, span_scores, summary
 from twinhead.params import PosInt, section
 from twinhead.text import char_spans
 
@@ -40,7 +40,7 @@ def raw_text_scores(predictor, df: pd.DataFrame, batch_size: int = 256) -> tuple
     preds = predictor.predict(list(df["text"]), batch_size, where="evaluation text")
     gold = [char_spans(list(t), list(o), list(g)) for t, o, g in zip(df["tokens"], df["offsets"], df["tags"])]
     pred = [[(e["start"], e["end"], e["label"]) for e in p["entities"]] for p in preds]
-    gold_intents = list(df["intent"])
+    gold_intents = [predictor.model.canonical_label(i) for i in df["intent"]]
     slots = span_scores(gold, pred)
     ok = sum(gi == p["intent"] and set(g) == set(ps) for gi, p, g, ps in zip(gold_intents, preds, gold, pred))
     n = len(df)
@@ -60,7 +60,7 @@ def evaluate(predictor, df: pd.DataFrame, batch_size: int = 256, progress=None) 
     model, vocabs = predictor.model, predictor.vocabs
     pred_intents, probs, pred_tags = predict_mapped(model, vocabs, df, batch_size, progress)
     gold_tags = [list(t) for t in df["tags"]]
-    gold_intents = list(df["intent"])
+    gold_intents = [model.canonical_label(i) for i in df["intent"]]  # multi-label: exact-set match
     head, intents, slots = summary(gold_intents, pred_intents, gold_tags, pred_tags)
     raw, raw_preds = raw_text_scores(predictor, df, batch_size)
     head = {"sentences": len(df), **head, **raw,
@@ -68,6 +68,8 @@ def evaluate(predictor, df: pd.DataFrame, batch_size: int = 256, progress=None) 
                                      for p, i, t in zip(raw_preds, pred_intents, pred_tags))}
     unseen = sorted(set(gold_intents) - set(vocabs.intents.itos))
     details = {"intent": intents, "slot": slots, "intents_unseen_in_train": unseen}
+    if model.intent_head.multi_label:
+        details["intent_labels"] = label_scores(gold_intents, pred_intents, model.cfg.label_sep)
     errors = []
     rows = zip(df["text"], df["tokens"], df["offsets"], gold_intents, pred_intents, gold_tags, pred_tags)
     for k, (text, toks, offs, gi, pi, gt, pt) in enumerate(rows):

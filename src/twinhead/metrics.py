@@ -53,6 +53,24 @@ def intent_scores(gold: list[str], pred: list[str]) -> dict:
     }
 
 
+def label_scores(gold: list[str], pred: list[str], sep: str) -> dict:
+    """Multi-label sentences (labels joined by `sep`): exact-set accuracy, micro P/R/F1 over single
+    labels, and P/R/F1 per single label."""
+    tp, n_pred, n_gold = Counter(), Counter(), Counter()
+    exact = 0
+    for g, p in zip(gold, pred, strict=True):
+        gs, ps = set(g.split(sep)) - {""}, set(p.split(sep)) - {""}
+        exact += gs == ps
+        n_gold.update(gs)
+        n_pred.update(ps)
+        tp.update(gs & ps)
+    return {
+        "exact_set_accuracy": exact / len(gold) if gold else 0.0,
+        "micro": _prf(sum(tp.values()), sum(n_pred.values()), sum(n_gold.values())),
+        "per_label": {lab: _prf(tp[lab], n_pred[lab], n_gold[lab]) for lab in sorted(set(n_gold) | set(n_pred))},
+    }
+
+
 def span_scores(gold: list, pred: list) -> dict:
     """Micro P/R/F1 of exact (start, end, label) matches, per sentence, over all sentences."""
     tp = n_pred = n_gold = 0

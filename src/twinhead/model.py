@@ -141,6 +141,12 @@ class JointModel(nn.Module):
                     target[r, index[a]] = 1.0
         return target
 
+    def canonical_label(self, label: str) -> str:
+        """A gold label as the model would predict it: multi-label sets sorted (`b#a` -> `a#b`)."""
+        if not self.intent_head.multi_label:
+            return label
+        return self.cfg.label_sep.join(sorted({a for a in label.split(self.cfg.label_sep) if a}))
+
     def intents_from_probs(self, probs) -> list[str]:
         """The predicted label of each sentence (multi-label: its atoms joined by label_sep, sorted)."""
         labels = self.sentence_labels or [str(k) for k in range(self.intent_head.n_labels)]

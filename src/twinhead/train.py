@@ -148,7 +148,8 @@ class TrainData:
 
 def evaluate_frame(model, vocabs: Vocabs, df: pd.DataFrame, batch_size: int) -> tuple[dict, list[str], list]:
     pred_intents, _, pred_tags = predict_mapped(model, vocabs, df, batch_size)
-    scores, _, _ = summary(list(df["intent"]), pred_intents, [list(t) for t in df["tags"]], pred_tags)
+    gold = [model.canonical_label(i) for i in df["intent"]]
+    scores, _, _ = summary(gold, pred_intents, [list(t) for t in df["tags"]], pred_tags)
     return scores, pred_intents, pred_tags
 
 
