@@ -15,6 +15,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -31,6 +32,7 @@ from twinhead.errors import TwinheadError
 from twinhead.inference import collate, encode, predict_mapped
 from twinhead.metrics import summary
 from twinhead.model import ModelConfig
+from twinhead.mtl import RULES, make_rule
 from twinhead.params import Fraction, NonNegFloat, NonNegInt, PosInt, section
 from twinhead.vocab import Vocabs
 
@@ -61,10 +63,22 @@ class TrainConfig:
     deterministic: bool = True  # deterministic kernels (on GPU: cuDNN deterministic, see README)
     threads: NonNegInt = 0  # CPU threads for torch; 0 = torch's default
     eval_batch_size: PosInt = 256
+    tasks: Annotated[list[Literal["intent", "tags"]], Field(min_length=1, max_length=2)] = \
+        dataclasses.field(default_factory=lambda: ["intent", "tags"])  # one of them: a single-task model
+    loss_rule: Literal[RULES] = "sum"  # how the task losses become gradients (twinhead.mtl)
+    conflict_every: NonNegInt = 10  # measure task-gradient conflict on every n-th step (0: never)
 
     def __post_init__(self):
-        if self.intent_weight == 0 and self.tag_weight == 0:
-            raise ValueError("intent_weight and tag_weight are both 0: nothing to learn")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks lists a task twice: {self.tasks}")
+        weights = self.task_weights()
+        if not any(weights.values()):
+            raise ValueError("every trained task has loss weight 0: nothing to learn")
+        if self.loss_rule == "uncertainty" and any(w != 1 for w in weights.values()):
+            raise ValueError("loss_rule 'uncertainty' learns the task weights: intent_weight and tag_weight must be 1")
+
+    def task_weights(self) -> dict[str, float]:
+        return {t: {"intent": self.intent_weight, "tags": self.tag_weight}[t] for t in self.tasks}
 
 
 def resolve_device(name: str) -> torch.device:
