@@ -187,6 +187,17 @@ def test_argument_combinations(bundle, tmp_path, args, message):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_unwritable_output_is_one_line(bundle, tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text("hello\n", encoding="utf-8")
+    assert one_error_line(cli(bundle, "--input", str(path), "--output", str(tmp_path))) == (
+        f"error: --output {tmp_path}: is a folder; give a file name")
+    out = path / "out.jsonl"  # a file where a folder should be
+    line = one_error_line(cli(bundle, "--input", str(path), "--output", str(out)))
+    assert line.startswith(f"error: {out}: cannot write the predictions: ")
+    assert path.read_text(encoding="utf-8") == "hello\n"
+
+
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:1"])
 def test_cuda_without_cuda_is_one_line(bundle, device):
     # CUDA_VISIBLE_DEVICES="" hides every GPU, so this holds on a machine with CUDA too.

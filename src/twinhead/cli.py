@@ -73,8 +73,11 @@ def predict_input(args, predictor, texts, name: str) -> None:
     with tqdm(unit="text", desc="predict", file=sys.stderr, disable=args.quiet) as bar:
         if args.output:
             # Written beside the destination and renamed into place only when every input was predicted.
-            with fileio.atomic_path(args.output) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-                n = predict_stream(predictor, texts, name, args.batch_size, fh, bar.update)
+            try:
+                with fileio.atomic_path(args.output) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+                    n = predict_stream(predictor, texts, name, args.batch_size, fh, bar.update)
+            except OSError as e:  # input errors are DataErrors: this is creating, writing or renaming the output
+                raise TwinheadError(f"{args.output}: cannot write the predictions: {e.strerror}") from e
         else:
             n = predict_stream(predictor, texts, name, args.batch_size, sys.stdout, bar.update)
     if args.output:
@@ -89,7 +92,10 @@ def cmd_predict(args) -> int:
     if args.input is None and (args.output or args.format != "auto"):
         raise TwinheadError(f"{'--output' if args.output else '--format'} applies to --input only; "
                             "predictions of texts given as arguments are printed")
+    if args.output and os.path.isdir(args.output):
+        raise TwinheadError(f"--output {args.output}: is a folder; give a file name")
     check_device(args.device)
+    # Imported only now: the argument errors above come at once, without loading torch and spaCy.
     from twinhead.inputs import open_texts, source_name
     from twinhead.predictor import Predictor
 
