@@ -121,7 +121,7 @@ def open_texts(spec: str, fmt: str = "auto", stdin: BinaryIO | None = None) -> I
         owned = False
     else:
         try:
-            stream = open(spec, "rb")  # noqa: SIM115 (closed below, after the caller is done)
+            stream = open(spec, "rb")  # closed in the finally below, once the caller is done
         except FileNotFoundError as e:
             raise DataError("file not found", name) from e
         except OSError as e:
