@@ -1,7 +1,7 @@
 """export: checkpoint -> a self-contained bundle; logs and registers it as an MLflow pyfunc model.
 
 Inputs:  CHECKPOINT, RUN_FILE.
-Outputs: OUT/ (model.safetensors, vocab.json, config.json: see twinhead.predictor).
+Outputs: OUT/ (model.safetensors, vocab.json, config.json, manifest.json: see twinhead.bundle).
 Params:  export, mlflow.
 """
 

@@ -1,7 +1,8 @@
-"""Checkpoint round trip, weights-only loading, bundle export and the Predictor on raw text."""
+"""Checkpoint round trip, weights-only loading, bundle export and integrity, and the Predictor on raw text."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from twinhead.bundle import write_manifest
 from twinhead.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from twinhead.errors import DataError, TwinheadError
 from twinhead.export import export_bundle
@@ -149,14 +151,20 @@ def test_crafted_pickle_checkpoint_is_refused_not_executed(tmp_path):
 
 def test_export_writes_bundle_files(tmp_path):
     _, bundle = make_bundle(tmp_path)
-    assert sorted(p.name for p in bundle.iterdir()) == ["config.json", "model.safetensors", "vocab.json"]
+    names = ["config.json", "manifest.json", "model.safetensors", "vocab.json"]
+    assert sorted(p.name for p in bundle.iterdir()) == names
     cfg = json.loads((bundle / "config.json").read_text(encoding="utf-8"))
-    assert cfg["format"] == "twinhead-bundle/1"
+    assert cfg["format"] == "twinhead-bundle/2"
     assert cfg["intents"] == ["GetWeather", "PlayMusic", "SetAlarm"]
     assert cfg["slot_types"] == ["artist", "city", "service", "time"]
     assert cfg["preprocess"] == PREPROCESS
     assert cfg["trained"] == {"best_epoch": 3, "dev_scores": {"slot_f1": 0.5}}
-    assert set(cfg["sha256"]) == {"model.safetensors", "vocab.json"}
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["format"] == "twinhead-manifest/1"
+    assert sorted(manifest["files"]) == [n for n in names if n != "manifest.json"]  # every other file
+    for name, entry in manifest["files"].items():
+        data = (bundle / name).read_bytes()
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
 def test_predictor_entities_index_into_the_text(tmp_path):
@@ -232,29 +240,223 @@ def test_predict_tokens_equals_predict_mapped_through_checkpoint(tmp_path):
     np.testing.assert_allclose([g["probability"] for g in got], probs.max(1), atol=1e-6)
 
 
-def test_bundle_with_edited_vocab_is_refused(tmp_path):
-    _, bundle = make_bundle(tmp_path)
+# --- bundle integrity: every refusal names the file and the reason ------------------------------
+
+
+def refusal(bundle: Path) -> str:
+    with pytest.raises(TwinheadError) as exc:
+        Predictor(bundle)
+    msg = str(exc.value)
+    assert "\n" not in msg and "Traceback" not in msg, msg
+    return msg
+
+
+def edit_json(path: Path, edit) -> None:
+    obj = json.loads(path.read_text(encoding="utf-8"))
+    edit(obj)
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def set_in(keys: tuple[str, ...], value):
+    def edit(obj):
+        for k in keys[:-1]:
+            obj = obj[k]
+        obj[keys[-1]] = value
+    return edit
+
+
+@pytest.fixture
+def bundle(tmp_path) -> Path:
+    return make_bundle(tmp_path)[1]
+
+
+@pytest.mark.parametrize("keys,value", [
+    (("preprocess", "removable_stopwords"), ["by", "now"]),
+    (("preprocess", "removable_stopwords"), ["by", "now", "thy"]),  # same size: only the hash can tell
+    (("preprocess", "lowercase"), False),
+    (("model_config", "overlong"), "truncate"),
+    (("model_config", "max_len"), 32),
+    (("intents",), ["GetWeather", "SetAlarm", "PlayMusic"]),  # informational fields are covered too
+], ids=["stopwords-removed", "stopwords-same-size", "lowercase", "overlong", "max_len", "intents"])
+def test_edited_config_is_refused(bundle, keys, value):
+    path = bundle / "config.json"
+    before = json.loads(path.read_text(encoding="utf-8"))
+    edit_json(path, set_in(keys, value))
+    assert json.loads(path.read_text(encoding="utf-8")) != before
+    msg = refusal(bundle)
+    assert msg.startswith(f"{path}: edited after export (")
+    assert "re-export the model" in msg
+
+
+def test_config_edit_keeping_size_is_caught_by_the_hash(bundle):
+    path = bundle / "config.json"
+    text = path.read_text(encoding="utf-8")
+    assert '"the"' in text
+    path.write_text(text.replace('"the"', '"thy"'), encoding="utf-8")
+    assert refusal(bundle) == (f"{path}: edited after export (its sha256 differs from the one recorded in "
+                               "manifest.json); re-export the model")
+
+
+def test_bundle_with_edited_vocab_is_refused(bundle):
     path = bundle / "vocab.json"
     lists = json.loads(path.read_text(encoding="utf-8"))
     lists["intents"] = list(reversed(lists["intents"]))  # same sizes: only the hash can tell
     path.write_text(json.dumps(lists, ensure_ascii=False), encoding="utf-8")
-    with pytest.raises(TwinheadError) as exc:
-        Predictor(bundle)
-    assert "sha256" in str(exc.value)
-    assert str(path) in str(exc.value)
+    msg = refusal(bundle)
+    assert msg.startswith(f"{path}: edited after export")
+    assert "sha256" in msg
 
 
-def test_bundle_with_replaced_weights_is_refused(tmp_path):
-    _, bundle = make_bundle(tmp_path)
+def test_bundle_with_replaced_weights_is_refused(tmp_path, bundle):
     _, other = make_bundle(tmp_path / "other", *make_model(seed=1))
-    (bundle / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
-    with pytest.raises(TwinheadError, match="sha256"):
-        Predictor(bundle)
+    path = bundle / "model.safetensors"
+    path.write_bytes((other / "model.safetensors").read_bytes())  # same size, other values
+    msg = refusal(bundle)
+    assert msg.startswith(f"{path}: edited after export")
+    assert "sha256" in msg
 
 
-def test_not_a_bundle(tmp_path):
-    with pytest.raises(TwinheadError, match="not a twinhead bundle"):
-        Predictor(tmp_path)
+def test_truncated_weights_are_refused_by_size(bundle):
+    path = bundle / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[:-10])
+    assert refusal(bundle) == (f"{path}: edited after export (size {len(data) - 10} bytes, {len(data)} recorded "
+                               "in manifest.json); re-export the model")
+
+
+def test_garbled_vocab_is_refused_before_it_is_parsed(bundle):
+    path = bundle / "vocab.json"
+    path.write_bytes(b"{not json")
+    assert refusal(bundle).startswith(f"{path}: edited after export")
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "vocab.json", "config.json"])
+def test_deleted_file_is_refused(bundle, name):
+    (bundle / name).unlink()
+    assert refusal(bundle) == (f"{bundle / name}: missing from the bundle (listed in manifest.json); "
+                               "re-export the model")
+
+
+def test_deleted_manifest_is_refused(bundle):
+    (bundle / "manifest.json").unlink()
+    assert refusal(bundle).startswith(f"{bundle / 'manifest.json'}: missing, so the bundle's files cannot be "
+                                      "checked")
+
+
+def garble_manifest(kind: str):
+    def edit(m):
+        files = m["files"]
+        if kind == "format":
+            m["format"] = "something-else"
+        elif kind == "files-not-object":
+            m["files"] = list(files)
+        elif kind == "bad-digest":
+            files["vocab.json"]["sha256"] = "xyz"
+        elif kind == "size-not-int":
+            files["vocab.json"]["size"] = "343"
+        elif kind == "path-outside":
+            files["../config.json"] = files.pop("config.json")
+        elif kind == "unlisted-config":
+            del files["config.json"]
+    return edit
+
+
+@pytest.mark.parametrize("kind,fragment", [
+    ("not-json", "garbled bundle manifest (not JSON"),
+    ("truncated", "garbled bundle manifest (not JSON"),
+    ("not-utf8", "garbled bundle manifest (not JSON"),
+    ("array", "garbled bundle manifest (format 'list'"),
+    ("format", "garbled bundle manifest (format 'something-else'"),
+    ("files-not-object", "garbled bundle manifest (field 'files' must be an object)"),
+    ("bad-digest", "garbled bundle manifest (entry 'vocab.json' must be"),
+    ("size-not-int", "garbled bundle manifest (entry 'vocab.json' must be"),
+    ("path-outside", "garbled bundle manifest (entry '../config.json' must be"),
+    ("unlisted-config", "does not list config.json"),
+])
+def test_garbled_manifest_is_refused(bundle, kind, fragment):
+    path = bundle / "manifest.json"
+    if kind == "not-json":
+        path.write_text("manifest", encoding="utf-8")
+    elif kind == "truncated":
+        path.write_bytes(path.read_bytes()[:40])
+    elif kind == "not-utf8":
+        path.write_bytes(b"\xff\xfe{}")
+    elif kind == "array":
+        path.write_text("[]", encoding="utf-8")
+    else:
+        edit_json(path, garble_manifest(kind))
+    msg = refusal(bundle)
+    assert msg.startswith(f"{path}: ") and fragment in msg, msg
+
+
+@pytest.mark.parametrize("name", ["notes.txt", ".hidden", "config.json~", "extra-folder"])
+def test_file_added_after_export_is_refused(bundle, name):
+    path = bundle / name
+    if name == "extra-folder":
+        path.mkdir()
+    else:
+        path.write_text("x", encoding="utf-8")
+    assert refusal(bundle) == (f"{path}: not part of the bundle (not listed in manifest.json: added after "
+                               "export); remove it or re-export the model")
+
+
+def rewrite_config(bundle: Path, edit) -> Path:
+    """Edit config.json and re-record the manifest, as a careless hand-made bundle would: what is left to
+    catch is the config's own shape."""
+    path = bundle / "config.json"
+    edit_json(path, edit)
+    write_manifest(bundle)
+    return path
+
+
+@pytest.mark.parametrize("field", ["format", "model_config", "preprocess", "sizes"])
+def test_config_missing_a_required_field_is_refused(bundle, field):
+    path = rewrite_config(bundle, lambda c: c.pop(field))
+    assert refusal(bundle) == f"{path}: missing field {field!r}"
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("model_config", [], "field 'model_config' must be an object, not list"),
+    ("preprocess", "en", "field 'preprocess' must be an object, not str"),
+    ("sizes", None, "field 'sizes' must be an object, not NoneType"),
+    ("format", 1, "field 'format' must be a string, not int"),
+    ("format", "twinhead-bundle/1", "bundle format 'twinhead-bundle/1', expected 'twinhead-bundle/2'"),
+    ("sizes", {"words": 1}, "field 'sizes' must map words, chars, intents, tags to integers"),
+])
+def test_config_field_of_the_wrong_type_is_refused(bundle, field, value, message):
+    path = rewrite_config(bundle, set_in((field,), value))
+    assert refusal(bundle).startswith(f"{path}: {message}")
+
+
+def test_config_not_an_object_is_refused(bundle):
+    path = bundle / "config.json"
+    path.write_text("[1, 2]", encoding="utf-8")
+    write_manifest(bundle)
+    assert refusal(bundle) == f"{path}: must hold a JSON object, not list"
+
+
+def test_vocab_sizes_must_match_the_config(bundle):
+    path = bundle / "vocab.json"
+    edit_json(path, lambda v: v["words"].append("extra"))
+    write_manifest(bundle)
+    assert "vocabulary sizes" in refusal(bundle)
+
+
+def test_untouched_bundle_still_loads_after_a_refusal_check(bundle):
+    write_manifest(bundle)  # re-recording unchanged files changes nothing
+    assert Predictor(bundle).predict(["play the beatles"])[0]["tokens"] == ["play", "the", "beatles"]
+
+
+@pytest.mark.parametrize("kind", ["empty", "missing", "file"])
+def test_not_a_bundle(tmp_path, kind):
+    path = tmp_path / "bundle"
+    if kind == "empty":
+        path.mkdir()
+    elif kind == "file":
+        path.write_text("x", encoding="utf-8")
+    with pytest.raises(TwinheadError, match="not a twinhead bundle") as exc:
+        Predictor(path)
+    assert str(exc.value).startswith(f"{path}: ")
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t"])

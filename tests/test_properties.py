@@ -813,10 +813,38 @@ def cli_input(draw):
     return suffix, texts, lines, json_bad, bom, newline, trailing, junk
 
 
+def first_cli_problem(suffix, texts, lines, json_bad, junk) -> tuple[int | None, str] | None:
+    """The error `twinhead predict --input` must report: the first bad line (it streams, so it stops there),
+    or the whole file when it holds no text at all. Blank lines are skipped in JSONL and an error in a
+    text file, except that a file of blank lines only has no texts."""
+    first_blank, seen = None, False
+    for k, line in enumerate(lines, start=1):
+        if junk and junk[0] == k:
+            return k, "invalid UTF-8"
+        if suffix == ".jsonl":
+            if not line.strip():
+                continue
+            if k in json_bad:
+                return k, "bad JSON"
+            seen = True
+            if not tokenize(NLP, texts[k - 1])[0]:
+                return k, "empty"
+        elif tokenize(NLP, line)[0]:
+            if first_blank is not None:
+                return first_blank, "empty"
+            seen = True
+        elif seen:
+            return k, "empty"
+        elif first_blank is None:
+            first_blank = k
+    return None if seen else (None, "no texts")
+
+
 @prop(40)
 @given(inp=cli_input())
 def test_cli_predict_file(bundle, inp):
-    """`twinhead predict --input FILE`: one JSON line per input line, or one error naming file and line."""
+    """`twinhead predict --input FILE`: one JSON line per input line, or one error naming file and the first
+    bad line (or the file, when it holds no text)."""
     from twinhead import cli
 
     suffix, texts, lines, json_bad, bom, newline, trailing, junk = inp
@@ -828,27 +856,20 @@ def test_cli_predict_file(bundle, inp):
         try:
             with contextlib.redirect_stderr(io.StringIO()):
                 rc = cli.main(["predict", "--bundle", str(bundle), "--input", str(path), "--output", str(out),
-                               "--quiet"])
+                               "--quiet", "--batch-size", "2"])
         except TwinheadError as e:
             err = e
         else:
             err = None
-        blank = [k for k, t in enumerate(texts, start=1) if not tokenize(NLP, t)[0]]
-        if junk:
+        problem = first_cli_problem(suffix, texts, lines, json_bad, junk)
+        if problem:
             assert isinstance(err, DataError), err
-            return assert_located(err, path, junk[0], "invalid UTF-8")
-        if not data.strip():
-            assert isinstance(err, DataError), err
-            return assert_located(err, path, None, "file is empty")
-        if json_bad:
-            assert isinstance(err, DataError), err
-            return assert_located(err, path, json_bad[0], "bad JSON")
-        if blank:
-            assert isinstance(err, DataError), err
-            return assert_located(err, path, blank[0], "empty")
+            assert not out.exists()
+            return assert_located(err, path, *problem)
         assert err is None and rc == 0, err
         rows = [json.loads(x) for x in out.read_text(encoding="utf-8").split("\n")[:-1]]
-        assert [r["text"] for r in rows] == texts  # one line per input line, in order
+        # one line per input line, in order (blank JSONL lines skipped)
+        assert [r["text"] for r in rows] == [t for t, line in zip(texts, lines) if line.strip()]
         assert all(len(r["tags"]) == len(r["tokens"]) for r in rows)
 
 
@@ -966,9 +987,10 @@ def test_bom_then_invalid_utf8_names_the_right_line(lines, data):
             elif reader == "bio":
                 read_bio_split(d)
             else:
-                from twinhead.cli import read_inputs
+                from twinhead.inputs import open_texts
 
-                read_inputs(path)
+                with open_texts(str(path)) as texts:
+                    list(texts)
         assert_located(ei.value, path, k, "invalid UTF-8")
         assert f"byte {junk[2][0]:#04x}" in str(ei.value)
 

@@ -1,60 +1,117 @@
-"""The `twinhead` command: predict intents and entities on raw text with an exported bundle."""
+"""The `twinhead` command: predict intents and entities on raw text with an exported bundle.
+
+`twinhead predict TEXT...` prints one JSON object per text. `twinhead predict --input FILE` (or `-` for
+stdin) streams: it reads --batch-size texts, predicts and writes them as JSON Lines, then reads on, so
+memory stays flat however long the input. Output goes to stdout (flushed after each batch) or to
+--output, which appears only once the whole input was predicted (a failed or killed run leaves the
+previous file, if any, untouched). The first bad input line stops the run with one error naming it;
+on stdout, the predictions of the batches before it have been written.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
-from pathlib import Path
+from typing import TextIO
 
 from twinhead.errors import DataError, TwinheadError, run_main
 
 
-def read_inputs(path: Path) -> list[str]:
-    """Texts from a file: JSONL objects with a "text" field if it ends in .jsonl, else one text a line."""
-    from twinhead.readers import parse_json_line, read_lines
+def check_device(spec: str) -> None:
+    """Refuse a device torch does not know or this machine does not have, before loading anything on it."""
+    import torch
 
-    lines = read_lines(path)
-    if path.suffix != ".jsonl":
-        return lines
-    texts = []
-    for i, line in enumerate(lines, start=1):
-        obj = parse_json_line(line, path, i)
-        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            raise DataError('expected an object with a string field "text"', str(path), i)
-        texts.append(obj["text"])
-    return texts
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError) as e:
+        raise TwinheadError(f"--device {spec!r}: not a device (use cpu, cuda, cuda:N or mps)") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TwinheadError(f"--device {spec}: CUDA is not available on this machine (torch "
+                                f"{torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise TwinheadError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise TwinheadError(f"--device {spec}: MPS is not available on this machine; use --device cpu")
+    elif dev.type != "cpu":
+        raise TwinheadError(f"--device {spec}: not supported (use cpu, cuda, cuda:N or mps)")
+
+
+def predict_chunk(predictor, chunk, name: str, batch_size: int) -> list[dict]:
+    """Predictions for one chunk of inputs.Text; an error on a text names its line of the input."""
+    try:
+        return predictor.predict([t.text for t in chunk], batch_size, where=name)
+    except DataError as e:
+        if e.line is None or not 1 <= e.line <= len(chunk):
+            raise
+        raise DataError(e.reason, name, chunk[e.line - 1].line) from e
+
+
+def predict_stream(predictor, texts, name: str, batch_size: int, out: TextIO, progress) -> int:
+    """Predict `texts` chunk by chunk, writing each chunk's JSON Lines to `out` at once; returns the count."""
+    from twinhead.inputs import batched
+
+    n = 0
+    for chunk in batched(texts, batch_size):
+        preds = predict_chunk(predictor, chunk, name, batch_size)
+        out.write("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
+        out.flush()  # a reader of stdout gets each chunk now, not when the buffer fills
+        progress(len(chunk))
+        n += len(chunk)
+    return n
+
+
+def predict_input(args, predictor, texts, name: str) -> None:
+    from tqdm import tqdm
+
+    from twinhead import fileio
+
+    with tqdm(unit="text", desc="predict", file=sys.stderr, disable=args.quiet) as bar:
+        if args.output:
+            # Written beside the destination and renamed into place only when every input was predicted.
+            try:
+                with fileio.atomic_path(args.output) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+                    n = predict_stream(predictor, texts, name, args.batch_size, fh, bar.update)
+            except OSError as e:  # input errors are DataErrors: this is creating, writing or renaming the output
+                raise TwinheadError(f"{args.output}: cannot write the predictions: {e.strerror}") from e
+        else:
+            n = predict_stream(predictor, texts, name, args.batch_size, sys.stdout, bar.update)
+    if args.output:
+        print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
 
 
 def cmd_predict(args) -> int:
+    if args.text and args.input is not None:
+        raise TwinheadError("give texts or --input, not both")
+    if not args.text and args.input is None:
+        raise TwinheadError("give a text to predict, or --input FILE (- for stdin)")
+    if args.input is None and (args.output or args.format != "auto"):
+        raise TwinheadError(f"{'--output' if args.output else '--format'} applies to --input only; "
+                            "predictions of texts given as arguments are printed")
+    if args.output and os.path.isdir(args.output):
+        raise TwinheadError(f"--output {args.output}: is a folder; give a file name")
+    check_device(args.device)
+    # Imported only now: the argument errors above come at once, without loading torch and spaCy.
+    from twinhead.inputs import open_texts, source_name
     from twinhead.predictor import Predictor
 
-    if not args.text and not args.input:
-        raise TwinheadError("give a text to predict, or --input FILE")
-    predictor = Predictor(args.bundle, args.device)
-    if args.input:
-        from tqdm import tqdm
-
-        from twinhead import fileio
-
-        path = Path(args.input)
-        texts = read_inputs(path)
-        with tqdm(total=len(texts), unit="text", desc="predict", file=sys.stderr,
-                  disable=args.quiet) as bar:
-            preds = predictor.predict(texts, args.batch_size, bar.update, where=str(path))
-        if args.output:
-            n = fileio.write_jsonl(args.output, preds)
-            print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
-        else:
-            for p in preds:
-                print(json.dumps(p, ensure_ascii=False))
-    else:
+    if args.input is None:
+        predictor = Predictor(args.bundle, args.device)
         preds = predictor.predict(args.text, args.batch_size, where="argument")
         if len(preds) == 1:
             print(json.dumps(preds[0], ensure_ascii=False, indent=2))
         else:
             for p in preds:
                 print(json.dumps(p, ensure_ascii=False))
+    else:
+        # The input is opened first (a missing file fails fast), the bundle loaded before reading from it.
+        with open_texts(args.input, args.format) as texts:
+            predictor = Predictor(args.bundle, args.device)
+            predict_input(args, predictor, texts, source_name(args.input))
     st = predictor.stats
     if st.truncated or st.windowed:
         print(f"note: {st.windowed} input(s) split into windows, {st.truncated} truncated "
@@ -62,27 +119,66 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value!r}")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
     from twinhead import __version__
 
-    ap = argparse.ArgumentParser(prog="twinhead", description=__doc__)
+    ap = argparse.ArgumentParser(prog="twinhead", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"twinhead {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("predict", help="predict intent and entities for texts")
-    p.add_argument("text", nargs="*", help="text(s) to predict")
-    p.add_argument("--input", "-i", help="file of texts: one a line, or .jsonl with a 'text' field")
-    p.add_argument("--output", "-o", help="write JSONL predictions here (default: stdout)")
+    p = sub.add_parser("predict", help="predict intent and entities for texts",
+                       description="Predict intent and entities: for TEXT arguments, or streamed from --input.")
+    p.add_argument("text", nargs="*", help="text(s) to predict (not together with --input); put -- before "
+                                           "texts starting with -")
+    p.add_argument("--input", "-i", metavar="FILE",
+                   help="file of texts, or - for stdin: read, predicted and written --batch-size texts at a time")
+    p.add_argument("--format", "-f", choices=("auto", "lines", "jsonl"), default="auto",
+                   help="input format: lines (one text a line; a blank line is an error) or jsonl (one object "
+                        "with a string field 'text' a line; blank lines skipped). auto (default): jsonl for a "
+                        ".jsonl file, an error for .json, lines otherwise and for stdin")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="write the JSONL predictions here, in place only once all input was predicted "
+                        "(default: stdout, written as each batch is done)")
     p.add_argument("--bundle", "-m", default="models/export", help="exported bundle (default: models/export)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--batch-size", type=positive_int, default=256,
+                   help="texts read, predicted and written at a time (default: 256)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar on stderr")
     p.set_defaults(fn=cmd_predict)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return args.fn(args)
 
 
+def _terminate(signum, frame) -> None:
+    # SIGTERM unwinds like an exception, so the temp file behind --output is removed on the way out.
+    raise SystemExit(128 + signum)
+
+
 def entry() -> None:
-    run_main(main)
+    signal.signal(signal.SIGTERM, _terminate)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(encoding="utf-8")  # JSON Lines are UTF-8 whatever the locale says
+    try:
+        run_main(main)
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): stop quietly as Unix filters do, and point stdout at
+        # /dev/null so that the flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Export a checkpoint as a self-contained bundle (see twinhead.predictor for the layout)."""
+"""Export a checkpoint as a self-contained bundle (see twinhead.bundle for the layout)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Annotated
 from pydantic import Field
 
 from twinhead import fileio
+from twinhead.bundle import BUNDLE_FORMAT, CONFIG, VOCAB, WEIGHTS, write_manifest
 from twinhead.checkpoint import load_checkpoint
 from twinhead.params import Name, section
-from twinhead.predictor import BUNDLE_FORMAT, CONFIG, VOCAB, WEIGHTS, sha256_file
 
 EXAMPLES = ["play the new album by the beatles on spotify", "will it rain tomorrow in paris"]
 
@@ -25,7 +25,7 @@ class ExportConfig:
 
 
 def export_bundle(checkpoint: str | Path, out_dir: str | Path) -> dict:
-    """Write weights (safetensors), vocab and config with hashes; returns the config written."""
+    """Write weights (safetensors), vocab, config and, last, the manifest of their hashes; returns the config."""
     from safetensors.torch import save_file
 
     model, vocabs, ckpt = load_checkpoint(checkpoint)
@@ -38,12 +38,12 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path) -> dict:
             "model_config": ckpt["model_config"],
             "preprocess": ckpt["preprocess"],
             "sizes": {k: len(v) for k, v in lists.items()},
-            "sha256": {WEIGHTS: sha256_file(tmp / WEIGHTS), VOCAB: sha256_file(tmp / VOCAB)},
             "intents": lists["intents"],
             "slot_types": sorted({t[2:] for t in lists["tags"] if t != "O"}),
             "trained": {k: ckpt[k] for k in ("best_epoch", "dev_scores", "device") if k in ckpt},
         }
         fileio.write_json(tmp / CONFIG, cfg)
+        write_manifest(tmp)
     return cfg
 
 

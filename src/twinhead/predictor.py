@@ -1,20 +1,16 @@
 """Load an exported bundle and predict on raw text. Needs torch, safetensors and spaCy, no training code.
 
-A bundle folder holds:
-  model.safetensors  the weights (no pickle)
-  vocab.json         words, chars, intents, tags
-  config.json        model config, preprocessing settings (language, lowercasing, the stop-word
-                     rule), and the sha256 and sizes of the two files above
-Loading checks that weights, vocab and labels belong together and refuses a mismatched bundle.
+The bundle's layout and its integrity manifest are described in twinhead.bundle. Loading verifies every
+file against the manifest, then checks that weights, vocab and labels belong together, and refuses a
+mismatched bundle.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 
+from twinhead.bundle import CONFIG, VOCAB, WEIGHTS, read_vocab_lists, verify_bundle
 from twinhead.errors import DataError, TwinheadError
 from twinhead.inference import OverlongStats, predict_words, sentence_labels
 from twinhead.model import JointModel, ModelConfig
@@ -22,52 +18,34 @@ from twinhead.params import parse_section
 from twinhead.text import TextPipeline, char_spans, map_back, text_problem
 from twinhead.vocab import Vocabs
 
-BUNDLE_FORMAT = "twinhead-bundle/1"
-WEIGHTS, VOCAB, CONFIG = "model.safetensors", "vocab.json", "config.json"
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 class Predictor:
     """Predict intents and entities on raw text with an exported bundle."""
 
     def __init__(self, bundle: str | Path, device: str = "cpu"):
         import torch
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         bundle = Path(bundle)
-        cfg_path = bundle / CONFIG
-        if not cfg_path.exists():
-            raise TwinheadError(f"{bundle}: not a twinhead bundle (no {CONFIG}); run the export stage first")
+        cfg = verify_bundle(bundle)  # before parsing any other file of the bundle
+        vocab_lists = read_vocab_lists(bundle)
         try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise TwinheadError(f"{cfg_path}: unreadable bundle config: {e}") from e
-        if cfg.get("format") != BUNDLE_FORMAT:
-            raise TwinheadError(f"{cfg_path}: bundle format {cfg.get('format')!r}, expected {BUNDLE_FORMAT}")
-        for name in (WEIGHTS, VOCAB):
-            path = bundle / name
-            if not path.exists():
-                raise TwinheadError(f"{path}: missing from the bundle")
-            if sha256_file(path) != cfg["sha256"][name]:
-                raise TwinheadError(f"{path}: does not belong to this bundle (its sha256 differs from the one "
-                                    f"recorded in {CONFIG} at export); re-export the model")
-        vocab_lists = json.loads((bundle / VOCAB).read_text(encoding="utf-8"))
-        self.vocabs = Vocabs.from_lists(vocab_lists)
+            self.vocabs = Vocabs.from_lists(vocab_lists)
+        except ValueError as e:
+            raise TwinheadError(f"{bundle / VOCAB}: {e}") from e
         sizes = {k: len(v) for k, v in vocab_lists.items()}
         if sizes != cfg["sizes"]:
             raise TwinheadError(f"{bundle}: vocabulary sizes {sizes} differ from those recorded at export "
                                 f"{cfg['sizes']}")
         self.config = cfg
+        cfg_path = bundle / CONFIG
         mcfg = parse_section(ModelConfig, cfg["model_config"], "model_config", cfg_path)
         self.model = JointModel(mcfg, sizes["words"], sizes["chars"], self.vocabs.tags.itos, self.vocabs.intents.itos)
-        state = load_file(str(bundle / WEIGHTS))
+        try:
+            state = load_file(str(bundle / WEIGHTS))
+        except SafetensorError as e:
+            raise TwinheadError(f"{bundle / WEIGHTS}: not readable safetensors weights: {e}") from e
         try:
             self.model.load_state_dict(state)
         except RuntimeError as e:

@@ -7,6 +7,7 @@ stopped and ends exactly where an uninterrupted run would.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,7 +16,6 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -32,7 +32,7 @@ from twinhead.errors import TwinheadError
 from twinhead.inference import collate, encode, predict_mapped
 from twinhead.metrics import summary
 from twinhead.model import ModelConfig
-from twinhead.mtl import RULES, make_rule
+from twinhead.mtl import RULES
 from twinhead.params import Fraction, NonNegFloat, NonNegInt, PosInt, section
 from twinhead.vocab import Vocabs
 
