@@ -58,10 +58,11 @@ def main() -> int:
         for f in ("dvc.lock", "params.yaml"):
             tracker.log_artifact(Path(f))
         tracker.finish()
+    shown = ("intent_accuracy", "slot_f1", "sentence_accuracy")
     s = res.summary
-    print(f"{cfg.split}: intent accuracy {s['intent_accuracy']:.4f}, slot F1 {s['slot_f1']:.4f}, "
-          f"sentence accuracy {s['sentence_accuracy']:.4f} ({len(res.errors)} wrong sentences of {s['sentences']}); "
-          f"raw text: {s['raw_intent_accuracy']:.4f} / {s['raw_slot_f1']:.4f} / {s['raw_sentence_accuracy']:.4f}")
+    print(f"{cfg.split}: " + ", ".join(f"{k} {s[k]:.4f}" for k in shown if k in s)
+          + f" ({len(res.errors)} wrong sentences of {s['sentences']}); raw text: "
+          + ", ".join(f"{k} {s['raw_' + k]:.4f}" for k in shown if "raw_" + k in s))
     return 0
 
 

@@ -27,6 +27,7 @@ BUNDLE_FORMAT = "twinhead-bundle/2"  # /2: integrity moved from config.json's "s
 MANIFEST_FORMAT = "twinhead-manifest/1"
 WEIGHTS, VOCAB, CONFIG, MANIFEST = "model.safetensors", "vocab.json", "config.json", "manifest.json"
 REQUIRED_FILES = (WEIGHTS, VOCAB, CONFIG)
+TASKS = ("intent", "tags")  # the heads a bundle may have been trained for (config.json "tasks")
 # Fields of config.json the loader relies on, and their JSON types; the contents of model_config and
 # preprocess are validated where they are used.
 REQUIRED_FIELDS: dict[str, type] = {"format": str, "model_config": dict, "preprocess": dict, "sizes": dict}
@@ -134,6 +135,9 @@ def check_config(cfg: Any, path: Path) -> dict:
     if cfg["format"] != BUNDLE_FORMAT:
         raise TwinheadError(f"{path}: bundle format {cfg['format']!r}, expected {BUNDLE_FORMAT!r}; {REEXPORT} "
                             "with this version of twinhead")
+    tasks = cfg.get("tasks", list(TASKS))
+    if not isinstance(tasks, list) or not tasks or not set(tasks) <= set(TASKS):
+        raise TwinheadError(f"{path}: field 'tasks' must be a non-empty list of {', '.join(TASKS)}, got {tasks!r}")
     sizes = cfg["sizes"]
     if set(sizes) != set(VOCAB_KEYS) or any(type(v) is not int for v in sizes.values()):
         raise TwinheadError(f"{path}: field 'sizes' must map {', '.join(VOCAB_KEYS)} to integers, got {sizes}")

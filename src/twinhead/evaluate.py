@@ -54,6 +54,19 @@ def raw_text_scores(predictor, df: pd.DataFrame, batch_size: int = 256) -> tuple
     return scores, preds
 
 
+TASK_METRICS = {"intent": ("intent_",), "tags": ("slot_",)}
+
+
+def only_trained(summary: dict, tasks: list[str]) -> dict:
+    """A single-task model's summary without the scores of the task it never learned (and without
+    sentence accuracy, which needs both)."""
+    if set(tasks) >= set(TASK_METRICS):
+        return summary
+    drop = tuple(p for t, ps in TASK_METRICS.items() if t not in tasks for p in ps) + ("sentence_",)
+    return {k: v for k, v in summary.items()
+            if not k.removeprefix("raw_").startswith(drop) and k != "raw_disagreements"}
+
+
 def evaluate(predictor, df: pd.DataFrame, batch_size: int = 256, progress=None) -> EvalResult:
     """Score a processed split with an exported bundle's model, twice: on the processed words (the
     pipeline's tokens, gold tags on them) and on the raw text through the Predictor (raw_* keys)."""
@@ -66,6 +79,7 @@ def evaluate(predictor, df: pd.DataFrame, batch_size: int = 256, progress=None) 
     head = {"sentences": len(df), **head, **raw,
             "raw_disagreements": sum(p["intent"] != i or p["tags"] != t
                                      for p, i, t in zip(raw_preds, pred_intents, pred_tags))}
+    head = only_trained(head, predictor.tasks)
     unseen = sorted(set(gold_intents) - set(vocabs.intents.itos))
     details = {"intent": intents, "slot": slots, "intents_unseen_in_train": unseen}
     if model.intent_head.multi_label:

@@ -11,7 +11,7 @@ from typing import Annotated
 from pydantic import Field
 
 from twinhead import fileio
-from twinhead.bundle import BUNDLE_FORMAT, CONFIG, VOCAB, WEIGHTS, write_manifest
+from twinhead.bundle import BUNDLE_FORMAT, CONFIG, TASKS, VOCAB, WEIGHTS, write_manifest
 from twinhead.checkpoint import load_checkpoint
 from twinhead.params import Name, section
 
@@ -40,6 +40,7 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path) -> dict:
             "sizes": {k: len(v) for k, v in lists.items()},
             "intents": lists["intents"],
             "slot_types": sorted({t[2:] for t in lists["tags"] if t != "O"}),
+            "tasks": ckpt.get("tasks", list(TASKS)),  # the heads that were trained
             "trained": {k: ckpt[k] for k in ("best_epoch", "dev_scores", "device") if k in ckpt},
         }
         fileio.write_json(tmp / CONFIG, cfg)

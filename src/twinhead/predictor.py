@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from twinhead.bundle import CONFIG, VOCAB, WEIGHTS, read_vocab_lists, verify_bundle
+from twinhead.bundle import CONFIG, TASKS, VOCAB, WEIGHTS, read_vocab_lists, verify_bundle
 from twinhead.errors import DataError, TwinheadError
 from twinhead.inference import OverlongStats, predict_words, sentence_labels
 from twinhead.model import JointModel, ModelConfig
@@ -54,6 +54,7 @@ class Predictor:
         # The text pipeline preprocess used, rebuilt from its saved settings.
         self.text = TextPipeline.from_settings(cfg["preprocess"], f"{cfg_path}: preprocess")
         self.stats = OverlongStats()
+        self.tasks = list(cfg.get("tasks", TASKS))  # a single-task model predicts no intent (or no entities)
 
     def predict_tokens(self, token_lists: list[list[str]], batch_size: int = 256,
                        progress: Callable[[int], None] | None = None) -> list[dict]:
@@ -69,8 +70,11 @@ class Predictor:
         chosen = self.model.intent_head.decide(probs)
         for toks, keep, p, t, label, ks in zip(token_lists, keeps, probs, tags, labels, chosen):
             # multi-label: the least probable of the labels predicted
-            out.append({"intent": label, "probability": float(min(p[k] for k in ks)),
-                        "tokens": list(toks), "tags": map_back(len(toks), keep, t)})
+            has_intent = "intent" in self.tasks
+            out.append({"intent": label if has_intent else None,
+                        "probability": float(min(p[k] for k in ks)) if has_intent else None,
+                        "tokens": list(toks),
+                        "tags": map_back(len(toks), keep, t) if "tags" in self.tasks else ["O"] * len(toks)})
         return out
 
     def predict(self, texts: list[str], batch_size: int = 256,
