@@ -99,7 +99,7 @@ def _new_temp(path: Path, folder: bool) -> Path:
 def _fsync(path: Path, folder: bool) -> None:
     if folder and os.name != "posix":  # folders cannot be opened for fsync there
         return
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY if os.name == "posix" else os.O_RDWR)  # Windows syncs writable handles only
     try:
         os.fsync(fd)
     finally:
