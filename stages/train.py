@@ -61,6 +61,8 @@ def main() -> int:
     res = train(train_df, dev_df, vocabs, mcfg, tcfg, p["base"].seed, state_path=args.state,
                 on_epoch=lambda row: tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"},
                                                          step=row["epoch"]))
+    if res.resumed_from:  # this run continued a killed one: its metrics start after that epoch
+        tracker.set_tags({"resumed_from_epoch": str(res.resumed_from)})
     if res.truncated:
         print(f"WARNING: {res.truncated} training sentences longer than model.max_len={mcfg.max_len} were "
               "truncated", flush=True)

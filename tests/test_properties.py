@@ -1090,11 +1090,42 @@ def test_text_over_a_million_characters(predictor, tmp_path, where):
 # --- the count --------------------------------------------------------------------------------
 
 
-def test_zz_report_generated_cases():
-    """Prints the generated cases per property (run with -s; also in the terminal summary)."""
+# What README.md ("Reliability") says one default run of this module generates. Hypothesis draws list sizes
+# and the long lines at random, so the counts move from run to run; over 9 runs: 826-831 cases, 3,272-3,970
+# inputs (mean 3,670, sd 235) and 14-52 lines over 100k characters (mean 35, sd 13.5). The input range is
+# mean +- 3.7 sd or more; the long lines vary too much for more than "at least one" (and not hundreds).
+README_CASES = (800, 860)
+README_INPUTS = (2800, 4800)
+README_LONG_LINES = (1, 100)
+
+
+def _whole_module_ran(request) -> str:
+    """Why the counts cannot be compared with README.md ('' when they can)."""
+    if SCALE != 1:
+        return f"TWINHEAD_PROP_SCALE={SCALE:g}: README.md states the counts of the default scale"
+    if hasattr(request.config, "workerinput"):
+        return "pytest-xdist: each worker counts only its own share"
+    selected = {item.nodeid for item in request.session.items}
+    module = [item.nodeid for item in request.node.parent.collect() if isinstance(item, pytest.Item)]
+    left_out = [n for n in module if n not in selected]
+    return f"{len(left_out)} of {len(module)} tests of this module were not selected" if left_out else ""
+
+
+def test_zz_report_generated_cases(request):
+    """The counts README.md states for one default run of this module hold, and the entity checks in
+    test_predict were not vacuous (the untrained model predicted entities, multi-token ones too)."""
     width = max((len(k) for k in CASES), default=5)
     for name in sorted(CASES):
         print(f"{name:{width}s} {CASES[name]:6d} cases {INPUTS[name]:7d} inputs")
-    print(f"{'total':{width}s} {sum(CASES.values()):6d} cases {sum(INPUTS.values()):7d} inputs")
-    print(f"entities predicted in test_predict: {ENTITIES_SEEN['predict']}; "
-          f"100k+ character lines generated: {LONG_LINES['generated']}")
+    cases, inputs, long_lines = sum(CASES.values()), sum(INPUTS.values()), LONG_LINES["generated"]
+    print(f"{'total':{width}s} {cases:6d} cases {inputs:7d} inputs")
+    print(f"entities predicted in test_predict: {ENTITIES_SEEN['predict']} (texts with a multi-token entity: "
+          f"{ENTITIES_SEEN['multi-token']}); 100k+ character lines generated: {long_lines}")
+    why = _whole_module_ran(request)
+    if why:
+        pytest.skip(f"counts not compared with README.md: {why}")
+    assert README_CASES[0] <= cases <= README_CASES[1], f"{cases} generated cases, README.md: {README_CASES}"
+    assert README_INPUTS[0] <= inputs <= README_INPUTS[1], f"{inputs} inputs, README.md: {README_INPUTS}"
+    assert README_LONG_LINES[0] <= long_lines <= README_LONG_LINES[1], \
+        f"{long_lines} lines over 100,000 characters, README.md: {README_LONG_LINES}"
+    assert ENTITIES_SEEN["predict"] >= 50 and ENTITIES_SEEN["multi-token"] >= 5, ENTITIES_SEEN

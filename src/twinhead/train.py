@@ -111,6 +111,38 @@ def fingerprint(*parts) -> str:
     return h.hexdigest()
 
 
+def code_digest() -> str:
+    """sha256 of the twinhead package's sources: a state written by other code is not resumed."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def state_identity(mcfg: ModelConfig, tcfg: TrainConfig, seed: int, vocabs: Vocabs, train_df: pd.DataFrame,
+                   dev_df: pd.DataFrame, device: torch.device) -> dict[str, str]:
+    """What a saved training state must match to be resumed, part by part (so the log can say which
+    part changed). Device and threads are the resolved ones: 'auto' and 'cpu' on a CPU machine agree."""
+    return {
+        "params": fingerprint(mcfg.to_dict(), asdict(tcfg) | {"device": None, "threads": None}, seed),
+        "data": fingerprint(vocabs.to_lists(), train_df[["words", "word_tags", "intent"]].map(list).values.tolist(),
+                            dev_df[["words", "tags", "intent"]].map(list).values.tolist()),
+        "code": code_digest(),
+        "torch version": str(torch.__version__),  # a plain str: TorchVersion does not load weights-only
+        "device": str(device),
+        "threads": str(torch.get_num_threads()),
+    }
+
+
+def _state_mismatch(saved, now: dict[str, str]) -> str:
+    """Why a saved state's identity differs from this run's ('' when it matches)."""
+    if not isinstance(saved, dict):
+        return "it was saved by an older version of twinhead"
+    diffs = [k if len(now[k]) > 32 else f"{k} ({saved.get(k)} -> {now[k]})"
+             for k in now if saved.get(k) != now[k]]
+    return f"it belongs to other {', '.join(diffs)}" if diffs else ""
+
+
 class TrainData:
     """Encoded train split: word ids, char ids, tag ids, the sentence head's targets (label ids, or
     multi-hot rows), and which words are singletons."""
@@ -216,6 +248,8 @@ def train(
     """
     from tqdm import tqdm
 
+    from twinhead import failpoints
+
     set_determinism(seed, tcfg)
     device = resolve_device(tcfg.device)
     model = build_model(mcfg.to_dict(), vocabs).to(device)
@@ -230,23 +264,23 @@ def train(
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     gen = torch.Generator().manual_seed(seed)
 
-    fp = fingerprint(mcfg.to_dict(), asdict(tcfg) | {"device": None, "threads": None}, seed, vocabs.to_lists(),
-                     train_df[["words", "word_tags", "intent"]].map(list).values.tolist(),
-                     dev_df[["words", "tags", "intent"]].map(list).values.tolist())
+    fp = state_identity(mcfg, tcfg, seed, vocabs, train_df, dev_df, device)  # saved as the state's "fingerprint"
     start_epoch, best_score, best_epoch, bad, history = 0, -1.0, 0, 0, []
     best_state, best_scores = None, {}
     if state_path and Path(state_path).exists():
         st = safe_torch_load(state_path)
-        if st.get("format") == STATE_FORMAT and st.get("fingerprint") == fp:
+        why = _state_mismatch(st.get("fingerprint") if st.get("format") == STATE_FORMAT else None, fp)
+        if not why:
             model.load_state_dict(st["model"])
             opt.load_state_dict(st["optimizer"])
             sched.load_state_dict(st["scheduler"])
             _set_rng_state(st["rng"], gen)
             start_epoch, best_score, best_epoch, bad = st["epoch"], st["best_score"], st["best_epoch"], st["bad"]
             history, best_state, best_scores = st["history"], st["best_state"], st["best_scores"]
-            print(f"resuming from the training state after epoch {start_epoch} ({state_path})", flush=True)
+            print(f"resuming from epoch {start_epoch} ({state_path}: the state saved after it; best epoch so far "
+                  f"{best_epoch}, {bad} epoch(s) without improvement)", flush=True)
         else:
-            print(f"ignoring {state_path}: it belongs to other params or data", flush=True)
+            print(f"ignoring {state_path}: {why}; training from scratch", flush=True)
     resumed_from = start_epoch
 
     for epoch in range(start_epoch + 1, tcfg.epochs + 1):
@@ -270,6 +304,7 @@ def train(
                 nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
             opt.step()
             sched.step()
+            failpoints.hit("train:step")
             n = len(intents)
             sums["loss"] += loss.item() * n
             sums["intent_loss"] += li.item() * n
