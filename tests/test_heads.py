@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import SHARED
+from tests.conftest import snips_sample
 from twinhead.heads import CRFTagHead, SentenceHead
 from twinhead.inference import predict_mapped
 from twinhead.metrics import label_scores
@@ -19,18 +19,6 @@ from twinhead.vocab import build_vocabs
 TAGS = ["O", "B-a", "I-a", "B-b", "I-b"]
 INTENTS = ["atis_flight", "atis_airfare", "atis_airfare#atis_flight", "atis_ground_service"]
 SMALL = dict(word_dim=8, char_dim=4, char_filters=4, hidden_size=8, num_layers=1, dropout=0.0)
-
-
-def strided_sample(dest, n: dict[str, int]):
-    """Every k-th SNIPS line of each split (the files are sorted by intent), BIO folder format."""
-    for split, k in n.items():
-        (dest / split).mkdir(parents=True)
-        files = {name: (SHARED / "snips" / split / name).read_text(encoding="utf-8").splitlines()
-                 for name in ("seq.in", "seq.out", "label")}
-        step = max(1, len(files["label"]) // k)
-        for name, lines in files.items():
-            (dest / split / name).write_text("\n".join(lines[::step][:k]) + "\n", encoding="utf-8")
-    return dest
 
 
 def test_multi_label_decisions_threshold_and_fallback():
@@ -96,7 +84,7 @@ def test_crf_tag_head_in_the_model():
 @pytest.mark.parametrize("model_kw", [{"tag_decoder": "crf"}, {"sentence_head": "multi"}])
 def test_training_with_each_head_learns(tmp_path, model_kw):
     """A few epochs on a SNIPS sample: dev scores far above a model that learned nothing."""
-    raw = strided_sample(tmp_path / "raw", {"train": 400, "dev": 100, "test": 10})
+    raw = snips_sample(tmp_path / "raw", {"train": 400, "dev": 100, "test": 10})
     frames, _, _, _ = preprocess(raw, None, PreprocessConfig(), seed=1)
     tr, dev = frames["train"], frames["dev"]
     vocabs = build_vocabs(tr["words"], tr["intent"], tr["word_tags"])
