@@ -1,53 +1,55 @@
-"""Training throughput on the processed data: seconds per batch for a few thread counts.
+"""Training throughput: the real train_step (twinhead.train) timed per batch, per thread count and loss rule.
 
-Usage: python benchmarks/train_speed.py [--threads 1 2] [--batches 60]
+Usage: python benchmarks/train_speed.py [--threads 1 2] [--batches 60] [--rules sum grad_mean uncertainty pcgrad]
 Reads data/processed and data/vocab (run `dvc repro vocab` first) and the model/train params.
 """
 
 import argparse
+import dataclasses
 import time
 
 import torch
-import yaml
 
 from twinhead.checkpoint import build_model
 from twinhead.model import ModelConfig
+from twinhead.params import load_config
 from twinhead.preprocess import load_split
-from twinhead.train import TrainData
+from twinhead.train import TrainConfig, TrainData, new_state, train_step
 from twinhead.vocab import Vocabs
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--batches", type=int, default=60)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch CPU thread counts to time")
+    ap.add_argument("--batches", type=int, default=60, help="batches timed per setting")
+    ap.add_argument("--rules", nargs="+", default=None, help="loss rules to time (default: params.yaml's)")
     args = ap.parse_args()
-    with open("params.yaml", encoding="utf-8") as fh:
-        p = yaml.safe_load(fh)
-    mcfg = ModelConfig(**p["model"])
+    p = load_config({"model": ModelConfig, "train": TrainConfig})
+    mcfg, base = p["model"], p["train"]
     vocabs = Vocabs.load("data/vocab")
-    data = TrainData(load_split("data/processed", "train"), vocabs, mcfg)
-    bs = p["train"]["batch_size"]
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        torch.manual_seed(0)
-        gen = torch.Generator().manual_seed(0)
-        model = build_model(mcfg.to_dict(), vocabs)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        ce = torch.nn.CrossEntropyLoss(ignore_index=-100)
-        batches = data.batches(bs, gen)[: args.batches]
-        t0 = time.perf_counter()
-        for idx in batches:
-            words, chars, mask, tags, intents = data.batch(idx, "cpu", 0.0, gen)
-            il, tl = model(words, chars, mask)
-            loss = ce(il, intents) + ce(tl.reshape(-1, tl.shape[-1]), tags.reshape(-1))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        dt = time.perf_counter() - t0
-        n_epoch = len(data.batches(bs, gen))
-        print(f"threads={threads}: {dt / len(batches) * 1000:.1f} ms/batch (batch {bs}), "
-              f"~{dt / len(batches) * n_epoch:.1f} s/epoch ({n_epoch} batches)")
+    train_df = load_split("data/processed", "train")
+    print(f"{'rule':12s} {'threads':>7s} {'ms/batch':>9s} {'words/s':>9s} {'s/epoch':>8s}")
+    for rule in args.rules or [base.loss_rule]:
+        tcfg = dataclasses.replace(base, loss_rule=rule)
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            torch.manual_seed(0)
+            model = build_model(mcfg.to_dict(), vocabs)
+            data = TrainData(train_df, vocabs, mcfg, model.intent_targets)
+            n_epoch = len(data.batches(tcfg.batch_size, torch.Generator().manual_seed(0)))
+            state = new_state(model, tcfg, n_epoch, seed=0)
+            model.train()
+            batches = data.batches(tcfg.batch_size, state.gen)[: args.batches]
+            words = 0
+            t0 = time.perf_counter()
+            for step, idx in enumerate(batches, start=1):
+                batch = data.batch(idx, "cpu", tcfg.word_dropout, state.gen)
+                words += int(batch[2].sum())
+                measure = bool(tcfg.conflict_every) and step % tcfg.conflict_every == 0
+                train_step(state, batch, tcfg, measure).floats()  # the epoch loop reads stats once per step too
+            dt = time.perf_counter() - t0
+            print(f"{rule:12s} {threads:7d} {dt / len(batches) * 1000:9.1f} {words / dt:9.0f} "
+                  f"{dt / len(batches) * n_epoch:8.1f}")
 
 
 if __name__ == "__main__":

@@ -66,13 +66,14 @@ def main() -> int:
     if res.truncated:
         print(f"WARNING: {res.truncated} training sentences longer than model.max_len={mcfg.max_len} were "
               "truncated", flush=True)
-    model = build_model(mcfg.to_dict(), vocabs)
+    model = build_model(res.model_config.to_dict(), vocabs)
     model.load_state_dict(res.best_state)
     # The text pipeline's settings travel with the model, so prediction reads text as preprocess did.
     preprocess = {**TextPipeline.from_settings(meta, f"{args.processed}/meta.json").settings(),
                   "remove_stopwords": meta["remove_stopwords"]}
     save_checkpoint(args.checkpoint, model, vocabs, preprocess,
-                    {"best_epoch": res.best_epoch, "dev_scores": res.best_scores, "device": res.device})
+                    {"best_epoch": res.best_epoch, "dev_scores": res.best_scores, "device": res.device,
+                     "tasks": list(tcfg.tasks), "loss_rule": tcfg.loss_rule, "loss_rule_state": res.rule_state})
     Path(args.state).unlink(missing_ok=True)  # only needed to recover from a crash
     log = pd.DataFrame(res.history)
     with fileio.atomic_path(args.log) as tmp:

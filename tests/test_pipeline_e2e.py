@@ -43,7 +43,7 @@ def test_dvc_repro_end_to_end(tiny_repo, tmp_path):
     assert ev["slot_f1"] > 0 and right_spans > 0
     log = pd.read_csv(tiny_repo / "metrics/train_log.csv")
     assert list(log["epoch"]) == list(range(1, 13))
-    assert {"train_intent_loss", "train_tag_loss", "dev_intent_accuracy", "dev_slot_f1",
+    assert {"train_intent_loss", "train_tags_loss", "train_grad_cosine", "dev_intent_accuracy", "dev_slot_f1",
             "dev_sentence_accuracy", "seconds"} <= set(log.columns)
     errors = [json.loads(x) for x in (tiny_repo / "metrics/errors.jsonl").read_text().splitlines()]
     # errors.jsonl lists exactly the sentences that are not fully right.

@@ -102,6 +102,8 @@ def test_killed_mid_epoch_resumes_and_stops_early_where_an_uninterrupted_run_doe
     hits.clear()
 
     def die_mid_epoch(name):
+        if name != "train:step":  # the state's own writes pass fail points too
+            return
         hits.append(name)
         if len(hits) == die_at:
             raise Killed

@@ -1,8 +1,9 @@
-"""Joint training: loss = intent_weight * CE(intent) + tag_weight * CE(tags), padding masked out.
+"""Training: each trained head's loss (twinhead.heads), combined into gradients by a loss rule (twinhead.mtl).
 
-Seeded and resumable: a full training state (model, optimizer, scheduler, RNG states, epoch, best
-score and weights) is written after every epoch, so a killed run started again continues where it
-stopped and ends exactly where an uninterrupted run would.
+A run is a TrainState (model, optimizer, schedule, loss rule, RNG, epoch, best score and weights), a
+`train_step` (one batch: losses, the rule's backward, clipping, one optimizer step) and an epoch loop with
+early stopping on a dev metric. Seeded and resumable: the full state is written after every epoch, so a
+killed run started again continues where it stopped and ends exactly where an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -31,12 +32,12 @@ from twinhead.checkpoint import build_model, safe_torch_load
 from twinhead.errors import TwinheadError
 from twinhead.inference import collate, encode, predict_mapped
 from twinhead.metrics import summary
-from twinhead.model import ModelConfig
-from twinhead.mtl import RULES
+from twinhead.model import JointModel, ModelConfig
+from twinhead.mtl import RULES, LossRule, StepStats, make_rule
 from twinhead.params import Fraction, NonNegFloat, NonNegInt, PosInt, section
 from twinhead.vocab import Vocabs
 
-STATE_FORMAT = "twinhead-train-state/1"
+STATE_FORMAT = "twinhead-train-state/2"
 METRICS = ("intent_accuracy", "slot_f1", "sentence_accuracy")  # dev metrics logged per epoch
 
 
@@ -208,6 +209,8 @@ class TrainResult:
     device: str
     resumed_from: int  # epochs already done when this run started (0: fresh)
     truncated: int
+    model_config: ModelConfig  # as trained (intent_to_tags is off when the intent task is not trained)
+    rule_state: dict  # the loss rule's learned state at the end (uncertainty: the task log-variances)
 
 
 def _rng_state(gen: torch.Generator) -> dict:
@@ -224,6 +227,112 @@ def _set_rng_state(st: dict, gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+@dataclass
+class TrainState:
+    """Everything a run needs to continue exactly where it stopped; saved after every epoch."""
+
+    model: JointModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    rule: LossRule  # how the task losses become gradients; holds learned task weights (uncertainty)
+    gen: torch.Generator  # batch order, word dropout, pcgrad's order
+    epoch: int = 0  # epochs done
+    best_score: float = -1.0
+    best_epoch: int = 0
+    bad: int = 0  # epochs since the dev score last improved
+    history: list[dict] = field(default_factory=list)
+    best_state: dict | None = None
+    best_scores: dict = field(default_factory=dict)
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch, "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "rule": {k: v.detach().cpu() for k, v in self.rule.state_dict().items()}, "rng": _rng_state(self.gen),
+            "best_score": self.best_score, "best_epoch": self.best_epoch, "bad": self.bad, "history": self.history,
+            "best_state": self.best_state, "best_scores": self.best_scores,
+        }
+
+    def load_state_dict(self, st: dict) -> None:
+        self.model.load_state_dict(st["model"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.rule.load_state_dict(st["rule"])
+        _set_rng_state(st["rng"], self.gen)
+        self.epoch, self.best_score = st["epoch"], st["best_score"]
+        self.best_epoch, self.bad = st["best_epoch"], st["bad"]
+        self.history, self.best_state, self.best_scores = st["history"], st["best_state"], st["best_scores"]
+
+
+def new_state(model: JointModel, tcfg: TrainConfig, steps_per_epoch: int, seed: int) -> TrainState:
+    """Fresh optimizer (Adam; the rule's learned weights without weight decay), schedule, rule and RNG."""
+    gen = torch.Generator().manual_seed(seed)
+    rule = make_rule(tcfg.loss_rule, tcfg.tasks, tcfg.task_weights(), gen).to(next(model.parameters()).device)
+    groups = [{"params": list(model.parameters())}]
+    if list(rule.parameters()):
+        groups.append({"params": list(rule.parameters()), "weight_decay": 0.0})
+    opt = torch.optim.Adam(groups, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    if tcfg.scheduler == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tcfg.epochs * steps_per_epoch)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return TrainState(model, opt, sched, rule, gen)
+
+
+def train_step(state: TrainState, batch: tuple, tcfg: TrainConfig, measure_conflict: bool = False) -> StepStats:
+    """One optimizer step on one batch: each trained head's loss, the loss rule's gradients, clipping.
+
+    Returns the rule's StepStats (detached tensors: reading them is the only host-device sync)."""
+    model = state.model
+    words, chars, mask, tags, intents = batch
+    intent_logits, tag_scores = model(words, chars, mask)
+    losses = {}
+    if "intent" in tcfg.tasks:
+        losses["intent"] = model.intent_head.loss(intent_logits, intents)
+    if "tags" in tcfg.tasks:
+        losses["tags"] = model.tag_head.loss(tag_scores, tags, mask)
+    state.optimizer.zero_grad(set_to_none=True)
+    heads = {t: ps for t, ps in model.head_parameters().items() if t in losses}
+    stats = state.rule.backward(losses, model.parameters(), heads, measure_conflict)
+    if tcfg.grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+    state.optimizer.step()
+    state.scheduler.step()
+    return stats
+
+
+def run_epoch(state: TrainState, data: TrainData, tcfg: TrainConfig, device, progress: bool = True) -> dict:
+    """One pass over the shuffled train batches; returns the epoch's mean losses, effective task weights
+    and mean gradient cosine between the tasks (on every `conflict_every`-th step) as train_* floats."""
+    from tqdm import tqdm
+
+    from twinhead import failpoints
+
+    state.model.train()
+    sums: dict[str, torch.Tensor | float] = {}
+    cosines = []
+    batches = data.batches(tcfg.batch_size, state.gen)
+    bar = tqdm(batches, desc=f"epoch {state.epoch + 1}/{tcfg.epochs}", unit="batch", disable=not progress,
+               mininterval=1.0, leave=False)
+    for step, idx in enumerate(bar, start=1):
+        measure = bool(tcfg.conflict_every) and step % tcfg.conflict_every == 0 and len(tcfg.tasks) > 1
+        stats = train_step(state, data.batch(idx, device, tcfg.word_dropout, state.gen), tcfg, measure)
+        failpoints.hit("train:step")
+        n = len(idx)
+        parts = {"loss": stats.loss, **{f"{t}_loss": v for t, v in stats.task_losses.items()},
+                 **{f"{t}_weight": v for t, v in stats.weights.items()}}
+        for k, v in parts.items():  # tensors stay on the device: no sync per step
+            sums[k] = sums.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else v) * n
+        if stats.cosine is not None:
+            cosines.append(stats.cosine.detach())
+        if progress and step % 50 == 0:
+            bar.set_postfix(loss=f"{float(stats.loss):.3f}", refresh=False)
+    bar.close()
+    row = {f"train_{k}": float(v) / len(data) for k, v in sums.items()}
+    row["train_grad_cosine"] = float(torch.stack(cosines).mean()) if cosines else None  # None: not measured
+    return row
+
+
 def train(
     train_df: pd.DataFrame,
     dev_df: pd.DataFrame,
@@ -235,7 +344,7 @@ def train(
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train the joint model, early-stopping on a dev metric; return the best weights and the history.
+    """Train the model on `tcfg.tasks`, early-stopping on a dev metric; return the best weights and the history.
 
     Args:
         train_df, dev_df: processed splits (columns words, word_tags, intent, tokens, tags, keep).
@@ -246,99 +355,58 @@ def train(
         on_epoch: called with each epoch's log row (for progress logging / MLflow).
         progress: show a progress bar per epoch.
     """
-    from tqdm import tqdm
-
-    from twinhead import failpoints
-
     set_determinism(seed, tcfg)
     device = resolve_device(tcfg.device)
+    if "intent" not in tcfg.tasks and mcfg.intent_to_tags:
+        # An untrained intent head would feed noise to the tagger.
+        print("model.intent_to_tags is off: the intent task is not trained (train.tasks)", flush=True)
+        mcfg = dataclasses.replace(mcfg, intent_to_tags=False)
     model = build_model(mcfg.to_dict(), vocabs).to(device)
     data = TrainData(train_df, vocabs, mcfg, model.intent_targets)
     if len(data) == 0:
         raise TwinheadError("train split has no sentences with words")
-    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     steps_per_epoch = len(data.batches(tcfg.batch_size, torch.Generator().manual_seed(0)))
-    if tcfg.scheduler == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tcfg.epochs * steps_per_epoch)
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    gen = torch.Generator().manual_seed(seed)
+    state = new_state(model, tcfg, steps_per_epoch, seed)
 
     fp = state_identity(mcfg, tcfg, seed, vocabs, train_df, dev_df, device)  # saved as the state's "fingerprint"
-    start_epoch, best_score, best_epoch, bad, history = 0, -1.0, 0, 0, []
-    best_state, best_scores = None, {}
     if state_path and Path(state_path).exists():
         st = safe_torch_load(state_path)
         why = _state_mismatch(st.get("fingerprint") if st.get("format") == STATE_FORMAT else None, fp)
         if not why:
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
-            sched.load_state_dict(st["scheduler"])
-            _set_rng_state(st["rng"], gen)
-            start_epoch, best_score, best_epoch, bad = st["epoch"], st["best_score"], st["best_epoch"], st["bad"]
-            history, best_state, best_scores = st["history"], st["best_state"], st["best_scores"]
-            print(f"resuming from epoch {start_epoch} ({state_path}: the state saved after it; best epoch so far "
-                  f"{best_epoch}, {bad} epoch(s) without improvement)", flush=True)
+            state.load_state_dict(st)
+            print(f"resuming from epoch {state.epoch} ({state_path}: the state saved after it; best epoch so far "
+                  f"{state.best_epoch}, {state.bad} epoch(s) without improvement)", flush=True)
         else:
             print(f"ignoring {state_path}: {why}; training from scratch", flush=True)
-    resumed_from = start_epoch
+    resumed_from = state.epoch
 
-    for epoch in range(start_epoch + 1, tcfg.epochs + 1):
-        if tcfg.patience and bad >= tcfg.patience:
-            break
+    while state.epoch < tcfg.epochs and not (tcfg.patience and state.bad >= tcfg.patience):
         t0 = time.perf_counter()
-        model.train()
-        batches = data.batches(tcfg.batch_size, gen)
-        sums = {"loss": 0.0, "intent_loss": 0.0, "tag_loss": 0.0}
-        bar = tqdm(batches, desc=f"epoch {epoch}/{tcfg.epochs}", unit="batch", disable=not progress,
-                   mininterval=1.0, leave=False)
-        for idx in bar:
-            words, chars, mask, tags, intents = data.batch(idx, device, tcfg.word_dropout, gen)
-            intent_logits, tag_logits = model(words, chars, mask)
-            li = model.intent_head.loss(intent_logits, intents)
-            lt = model.tag_head.loss(tag_logits, tags, mask)
-            loss = tcfg.intent_weight * li + tcfg.tag_weight * lt
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tcfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-            opt.step()
-            sched.step()
-            failpoints.hit("train:step")
-            n = len(intents)
-            sums["loss"] += loss.item() * n
-            sums["intent_loss"] += li.item() * n
-            sums["tag_loss"] += lt.item() * n
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        bar.close()
+        row = {"epoch": state.epoch + 1, **run_epoch(state, data, tcfg, device, progress)}
+        state.epoch += 1
         dev, _, _ = evaluate_frame(model, vocabs, dev_df, tcfg.eval_batch_size)
-        row = {"epoch": epoch}
-        row.update({f"train_{k}": v / len(data) for k, v in sums.items()})
         row.update({f"dev_{k}": dev[k] for k in METRICS})
-        row["lr"] = opt.param_groups[0]["lr"]
+        row["lr"] = state.optimizer.param_groups[0]["lr"]
         row["seconds"] = time.perf_counter() - t0
-        history.append(row)
+        state.history.append(row)
         score = dev[tcfg.early_stop_metric]
-        if score > best_score:
-            best_score, best_epoch, bad = score, epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            best_scores = {f"dev_{k}": v for k, v in dev.items()}
+        if score > state.best_score:
+            state.best_score, state.best_epoch, state.bad = score, state.epoch, 0
+            state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state.best_scores = {f"dev_{k}": v for k, v in dev.items()}
         else:
-            bad += 1
-        print(f"epoch {epoch}: loss {row['train_loss']:.4f} (intent {row['train_intent_loss']:.4f}, tags "
-              f"{row['train_tag_loss']:.4f}) | dev intent acc {dev['intent_accuracy']:.4f} slot F1 "
-              f"{dev['slot_f1']:.4f} sentence acc {dev['sentence_accuracy']:.4f} | {row['seconds']:.1f}s"
-              + (" *" if best_epoch == epoch else ""), flush=True)
+            state.bad += 1
+        losses = ", ".join(f"{t} {row[f'train_{t}_loss']:.4f}" for t in tcfg.tasks)
+        cos = row["train_grad_cosine"]
+        conflict = f" | grad cos {cos:+.2f}" if cos is not None else ""
+        print(f"epoch {state.epoch}: loss {row['train_loss']:.4f} ({losses}){conflict} | dev intent acc "
+              f"{dev['intent_accuracy']:.4f} slot F1 {dev['slot_f1']:.4f} sentence acc {dev['sentence_accuracy']:.4f}"
+              f" | {row['seconds']:.1f}s" + (" *" if state.best_epoch == state.epoch else ""), flush=True)
         if state_path:
-            st = {
-                "format": STATE_FORMAT, "fingerprint": fp, "epoch": epoch,
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(gen),
-                "best_score": best_score, "best_epoch": best_epoch, "bad": bad, "history": history,
-                "best_state": best_state, "best_scores": best_scores,
-            }
             with fileio.atomic_path(state_path) as tmp:
-                torch.save(st, tmp)
+                torch.save({"format": STATE_FORMAT, "fingerprint": fp, **state.state_dict()}, tmp)
         if on_epoch:  # after the state is saved: a kill inside the callback loses nothing
             on_epoch(row)
-    return TrainResult(best_state, best_epoch, best_scores, history, str(device), resumed_from, data.truncated)
+    return TrainResult(state.best_state, state.best_epoch, state.best_scores, state.history, str(device),
+                       resumed_from, data.truncated, mcfg,
+                       {k: v.detach().cpu() for k, v in state.rule.state_dict().items()})

@@ -1,0 +1,128 @@
+"""The training step and loop: loss rules on the real model, single-task training, learned rule state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import snips_sample
+from twinhead.model import JointModel, ModelConfig
+from twinhead.preprocess import PreprocessConfig, preprocess
+from twinhead.train import TrainConfig, TrainData, new_state, train, train_step
+from twinhead.vocab import build_vocabs
+
+MCFG = ModelConfig(word_dim=12, char_dim=6, char_filters=6, hidden_size=12, num_layers=1, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    raw = snips_sample(tmp_path_factory.mktemp("raw"), {"train": 120, "dev": 30, "test": 10})
+    frames, _, _, _ = preprocess(raw, None, PreprocessConfig(), seed=1)
+    tr, dev = frames["train"], frames["dev"]
+    return tr, dev, build_vocabs(tr["words"], tr["intent"], tr["word_tags"])
+
+
+def one_batch(data, model, n=16):
+    tr, _, vocabs = data
+    td = TrainData(tr, vocabs, MCFG, model.intent_targets)
+    return td.batch(list(range(n)), "cpu", 0.0, torch.Generator().manual_seed(0))
+
+
+def grads_of(loss, params):
+    gs = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]
+
+
+@pytest.mark.filterwarnings(r"ignore:Seems like `optimizer.step\(\)` has been overridden")
+@pytest.mark.parametrize("rule", ["sum", "grad_mean"])
+def test_train_step_gives_the_rules_gradients_on_the_joint_model(data, rule):
+    """grad_mean (the design's rule): the shared encoder gets the mean of the two task gradients, each
+    head exactly its own task's gradient; sum: the gradient of the sum (the tag loss reaches the intent
+    head through intent_to_tags)."""
+    _, _, vocabs = data
+    torch.manual_seed(0)
+    model = JointModel(MCFG, len(vocabs.words), len(vocabs.chars), vocabs.tags.itos, vocabs.intents.itos)
+    tcfg = TrainConfig(loss_rule=rule, grad_clip=0.0, lr=0.01)
+    batch = one_batch(data, model)
+    state = new_state(model, tcfg, steps_per_epoch=1, seed=0)
+    state.optimizer.step = lambda: None  # keep the weights: the gradients are what is checked
+
+    words, chars, mask, tags, intents = batch
+    intent_logits, tag_scores = model(words, chars, mask)
+    li, lt = model.intent_head.loss(intent_logits, intents), model.tag_head.loss(tag_scores, tags, mask)
+    shared, intent_p, tag_p = model.shared_parameters(), model.head_parameters()["intent"], \
+        model.head_parameters()["tags"]
+    gi_s, gt_s = grads_of(li, shared), grads_of(lt, shared)
+    gi_i, gt_i = grads_of(li, intent_p), grads_of(lt, intent_p)
+    gt_t = grads_of(lt, tag_p)
+
+    stats = train_step(state, batch, tcfg, measure_conflict=True)
+    half = 0.5 if rule == "grad_mean" else 1.0
+    for p, a, b in zip(shared, gi_s, gt_s):
+        assert torch.allclose(p.grad, half * (a + b), atol=1e-6)
+    cross = 0.0 if rule == "grad_mean" else 1.0
+    assert any(g.abs().sum() > 1e-6 for g in gt_i)  # the tag loss does reach the intent head...
+    for p, a, b in zip(intent_p, gi_i, gt_i):
+        assert torch.allclose(p.grad, a + cross * b, atol=1e-6)  # ...and grad_mean keeps it out
+    for p, g in zip(tag_p, gt_t):
+        assert torch.allclose(p.grad, g, atol=1e-6)
+    flat_i, flat_t = torch.cat([g.flatten() for g in gi_s]), torch.cat([g.flatten() for g in gt_s])
+    cos = torch.nn.functional.cosine_similarity(flat_i, flat_t, dim=0)
+    assert stats.floats()["grad_cosine"] == pytest.approx(cos.item(), abs=1e-5)
+
+
+def test_training_logs_conflict_and_weights_per_epoch(data):
+    tr, dev, vocabs = data
+    res = train(tr, dev, vocabs, MCFG, TrainConfig(epochs=2, batch_size=16, lr=0.01, conflict_every=2,
+                                                   loss_rule="pcgrad"), seed=1, progress=False)
+    for row in res.history:
+        assert -1.0 <= row["train_grad_cosine"] <= 1.0
+        assert row["train_intent_weight"] == 1.0 and row["train_tags_weight"] == 1.0
+        assert row["train_loss"] == pytest.approx(row["train_intent_loss"] + row["train_tags_loss"], rel=1e-5)
+    never = train(tr, dev, vocabs, MCFG, TrainConfig(epochs=1, batch_size=16, conflict_every=0), seed=1,
+                  progress=False)
+    assert never.history[0]["train_grad_cosine"] is None
+
+
+def test_uncertainty_weights_are_learned_saved_and_resumed(data, tmp_path):
+    tr, dev, vocabs = data
+    tcfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, loss_rule="uncertainty", patience=0)
+    full = train(tr, dev, vocabs, MCFG, tcfg, seed=2, progress=False)
+    log_vars = full.rule_state["log_vars"]
+    assert log_vars.shape == (2,) and log_vars.abs().min() > 1e-3  # learned, not left at 0
+    w = [r["train_intent_weight"] for r in full.history]
+    assert w[0] != w[-1]  # the effective weight exp(-s) moves during training
+
+    class Killed(Exception):
+        pass
+
+    def die_after_first(row):
+        if row["epoch"] == 1:
+            raise Killed
+
+    state = tmp_path / "state.pt"
+    with pytest.raises(Killed):
+        train(tr, dev, vocabs, MCFG, tcfg, seed=2, state_path=state, on_epoch=die_after_first, progress=False)
+    saved = torch.load(state, weights_only=True)
+    assert not torch.equal(saved["rule"]["log_vars"], torch.zeros(2))
+    resumed = train(tr, dev, vocabs, MCFG, tcfg, seed=2, state_path=state, progress=False)
+    assert resumed.resumed_from == 1
+    assert torch.equal(resumed.rule_state["log_vars"], log_vars)  # restored, then trained on identically
+    for k, v in full.best_state.items():
+        assert torch.equal(v, resumed.best_state[k]), k
+
+
+def test_single_task_training_leaves_the_other_head_alone(data, capsys):
+    tr, dev, vocabs = data
+    res = train(tr, dev, vocabs, MCFG, TrainConfig(epochs=2, batch_size=16, lr=0.01, tasks=["tags"]), seed=4,
+                progress=False)
+    assert "intent_to_tags is off" in capsys.readouterr().out
+    assert res.model_config.intent_to_tags is False
+    torch.manual_seed(4)
+    fresh = JointModel(res.model_config, len(vocabs.words), len(vocabs.chars), vocabs.tags.itos, vocabs.intents.itos)
+    for k, v in fresh.state_dict().items():
+        if k.startswith("intent_head."):
+            assert torch.equal(v, res.best_state[k]), f"{k} changed though the intent task was not trained"
+        elif k.startswith("tag_head.proj"):
+            assert not torch.equal(v, res.best_state[k])
+    assert "train_intent_loss" not in res.history[0] and res.history[0]["train_grad_cosine"] is None
