@@ -27,6 +27,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
@@ -926,7 +927,9 @@ def test_evaluate_unseen_labels(predictor, rows, data):
     tick("evaluate_unseen_labels", len(rows))
     exs = [Example(words, data.draw(bio_tags(len(words))), intent, f"gen:{k}")
            for k, (words, intent) in enumerate(rows, start=1)]
-    df = to_frame(through_pipeline(exs, predictor.text), predictor.text)
+    buf = io.BytesIO()  # through Parquet, as the evaluate stage reads it (numpy values come back)
+    to_frame(through_pipeline(exs, predictor.text), predictor.text).to_parquet(buf)
+    df = pd.read_parquet(buf)
     res = evaluate(predictor, df, batch_size=4)
     s = res.summary
     assert s["sentences"] == len(rows)
@@ -934,6 +937,7 @@ def test_evaluate_unseen_labels(predictor, rows, data):
     for key in ("intent_accuracy", "slot_precision", "slot_recall", "slot_f1", "sentence_accuracy"):
         assert s[f"raw_{key}"] == pytest.approx(s[key]), key
     assert len(res.errors) == round((1 - s["sentence_accuracy"]) * len(rows))
+    json.dumps(res.errors)  # errors.jsonl is written from these (Parquet gives numpy numbers)
     unseen_rows = sum(i not in predictor.vocabs.intents.itos for _, i in rows)
     assert s["intent_accuracy"] <= 1 - unseen_rows / len(rows) + 1e-9  # an unseen intent is never right
     assert res.details["intents_unseen_in_train"] == sorted({i for _, i in rows} - set(predictor.vocabs.intents.itos))

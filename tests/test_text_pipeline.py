@@ -77,3 +77,18 @@ def test_predictor_uses_the_saved_pipeline(tmp_path):
 def test_bad_saved_settings_name_the_field(settings, message):
     with pytest.raises(TwinheadError, match=message):
         TextPipeline.from_settings(settings, "bundle/config.json: preprocess")
+
+
+def test_removed_first_word_of_an_entity_leaves_valid_bio_for_training(tmp_path):
+    raw = tmp_path / "raw"
+    lines = {"seq.in": ["play the beatles now"], "seq.out": ["O B-artist I-artist O"], "label": ["PlayMusic"]}
+    for split in ("train", "dev", "test"):
+        (raw / split).mkdir(parents=True)
+        for name, ls in lines.items():
+            (raw / split / name).write_text("\n".join(ls) + "\n", encoding="utf-8")
+    # without the entity exception "the" is removed although it begins the entity
+    frames, _, _, _ = preprocess(raw, None, PreprocessConfig(keep_entity_stopwords=False), seed=0)
+    row = frames["train"].iloc[0]
+    assert list(row["words"]) == ["play", "beatles"]
+    assert list(row["word_tags"]) == ["O", "B-artist"]  # not the invalid I-artist after O
+    assert list(row["tags"]) == ["O", "B-artist", "I-artist", "O"]  # gold on every token is untouched

@@ -38,7 +38,8 @@ def raw_text_scores(predictor, df: pd.DataFrame, batch_size: int = 256) -> tuple
     """Each sentence's text through Predictor.predict (what `twinhead predict` does), scored on
     character spans against the gold spans. Returns the raw_* headline numbers and the predictions."""
     preds = predictor.predict(list(df["text"]), batch_size, where="evaluation text")
-    gold = [char_spans(list(t), list(o), list(g)) for t, o, g in zip(df["tokens"], df["offsets"], df["tags"])]
+    gold = [char_spans(list(t), [int(x) for x in o], list(g))
+            for t, o, g in zip(df["tokens"], df["offsets"], df["tags"])]
     pred = [[(e["start"], e["end"], e["label"]) for e in p["entities"]] for p in preds]
     gold_intents = [predictor.model.canonical_label(i) for i in df["intent"]]
     slots = span_scores(gold, pred)
@@ -89,7 +90,7 @@ def evaluate(predictor, df: pd.DataFrame, batch_size: int = 256, progress=None) 
     for k, (text, toks, offs, gi, pi, gt, pt) in enumerate(rows):
         if gi == pi and gt == pt:
             continue
-        toks, offs = list(toks), list(offs)
+        toks, offs = [str(t) for t in toks], [int(o) for o in offs]  # numpy values from Parquet are not JSON
         errors.append({
             "source": df["source"].iloc[k],
             "text": text,

@@ -18,7 +18,7 @@ import pandas as pd
 from twinhead import fileio
 from twinhead.params import Name, section
 from twinhead.readers import SPLITS, DataConfig, Example, SplitReport, read_dataset
-from twinhead.text import TextPipeline, bio_to_spans, removable_stopwords
+from twinhead.text import TextPipeline, bio_to_spans, removable_stopwords, spans_to_bio
 
 
 @section
@@ -69,7 +69,8 @@ def to_frame(examples: list[Example], pipe: TextPipeline) -> pd.DataFrame:
             "offsets": ex.offsets,
             "keep": kept,
             "words": words,
-            "word_tags": [ex.tags[i] for i in kept],
+            # valid BIO again if a removed word began an entity (its I- becomes B-), as the CRF requires
+            "word_tags": spans_to_bio(len(kept), bio_to_spans([ex.tags[i] for i in kept])),
         })
     return pd.DataFrame(rows, columns=["source", "text", "intent", "tokens", "tags", "offsets",
                                        "keep", "words", "word_tags"])
