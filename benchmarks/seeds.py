@@ -25,6 +25,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -327,6 +328,16 @@ class Dvc:
     def git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return self._run(["git", *args], check)
 
+    def start_worker(self) -> None:
+        """`dvc queue start -j 1`. Its output goes to a file, not a pipe: the worker it leaves running
+        inherits the descriptors, and reading a pipe would wait until the worker exits."""
+        with tempfile.TemporaryFile("w+", encoding="utf-8") as out:
+            code = subprocess.run(["dvc", "queue", "start", "-j", "1"], cwd=self.cwd, env=self.env,
+                                  stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+            out.seek(0)
+            if code != 0:
+                raise TwinheadError("`dvc queue start -j 1` failed: " + " / ".join(out.read().splitlines()[-6:]))
+
     def _run(self, cmd: list[str], check: bool) -> subprocess.CompletedProcess:
         res = subprocess.run(cmd, cwd=self.cwd, env=self.env, capture_output=True, text=True)
         if check and res.returncode != 0:
@@ -392,7 +403,7 @@ def wait_queue(dvc: Dvc, tasks: dict[str, str], poll: float = 30.0) -> None:
     """Start one queue worker (2 cores: one run at a time) and print progress until `tasks` are done."""
     if not tasks:
         return
-    dvc("queue", "start", "-j", "1")
+    dvc.start_worker()
     try:
         _follow(dvc, tasks, poll)
     except KeyboardInterrupt:
@@ -401,8 +412,9 @@ def wait_queue(dvc: Dvc, tasks: dict[str, str], poll: float = 30.0) -> None:
         raise
 
 
-def _follow(dvc: Dvc, tasks: dict[str, str], poll: float) -> None:
-    t0, seen, orphaned = time.time(), {}, 0
+def _follow(dvc: Dvc, tasks: dict[str, str], poll: float, patience: float = 90.0) -> None:
+    t0, seen = time.time(), {}
+    last_worker = t0  # a worker takes a few seconds to register after `queue start`
     while True:
         status, (active, idle) = dvc.queue_status()
         states = {t: status.get(t, ("", "Unknown"))[1] for t in tasks}
@@ -416,16 +428,15 @@ def _follow(dvc: Dvc, tasks: dict[str, str], poll: float) -> None:
         pending = [s for s in states.values() if s in PENDING]
         if not pending:
             return
-        if active + idle == 0:
-            orphaned += 1
-            if "Queued" in pending:
-                dvc("queue", "start", "-j", "1")  # the worker went away (killed, machine restarted)
-            elif orphaned >= 3:
+        if active + idle:
+            last_worker = time.time()
+        elif time.time() - last_worker > patience:
+            if "Queued" not in pending:
                 print("tasks still show Running but no queue worker is alive: collecting what there is",
                       flush=True)
                 return
-        else:
-            orphaned = 0
+            dvc.start_worker()  # the worker went away (killed, machine restarted)
+            last_worker = time.time()
         time.sleep(poll)
 
 
@@ -439,6 +450,8 @@ def collect(dvc: Dvc, plan: list[Planned], found: dict[str, Experiment]) -> list
                             log_tail="not in `dvc exp show` on this commit (--all-commits looks at all)"))
         elif exp.state != "success" or not exp.test:
             runs.append(Run(p.name, p.seed, None, exp.rev, exp.state, dvc.log_tail(exp)))
+        elif bad := mismatches(exp.params, p.sets):
+            runs.append(Run(p.name, p.seed, None, exp.rev, "other params", "; ".join(bad)))
         else:
             log = dvc.git("show", f"{exp.rev}:{LOG_FILE}").stdout
             values, extra = run_values(exp, log)
