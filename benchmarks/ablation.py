@@ -3,6 +3,7 @@
 Usage (from the project root, with the project's environment):
     .venv/bin/python benchmarks/ablation.py --group tasks [--datasets snips atis] [--seeds 1 2 3] [--json out.json]
     .venv/bin/python benchmarks/ablation.py --group stopwords loss_rules heads --no-run   # only collect
+    .venv/bin/python benchmarks/ablation.py --from-json out.json      # the tables again, e.g. for the README
 
 Groups: tasks (joint / intent-only / tags-only), stopwords (keep all / drop but keep those seen in
 entities / drop all), loss_rules (sum / grad_mean / uncertainty / pcgrad), heads (softmax / crf tags).
@@ -168,7 +169,7 @@ def report(group: str, rows: list[dict]) -> tuple[str, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--group", nargs="+", required=True, choices=sorted(GROUPS))
+    ap.add_argument("--group", nargs="+", choices=sorted(GROUPS), help="required unless --from-json")
     ap.add_argument("--datasets", nargs="+", default=["snips", "atis"], help="snips, atis or dataset folders")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--no-run", action="store_true", help="only collect the experiments that exist")
@@ -176,13 +177,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all-commits", action="store_true", help="collect experiments of every commit, not HEAD's")
     ap.add_argument("--poll", type=float, default=30.0, help="seconds between queue checks")
     ap.add_argument("--json", help="also write every group's rows, selection and comparison here")
+    ap.add_argument("--from-json", help="only print the tables of a file --json wrote (no DVC)")
     args = ap.parse_args(argv)
-    per_group = {g: plans_for(g, args.datasets, args.seeds) for g in args.group}
-    plans = {(g, *k): v for g, ps in per_group.items() for k, v in ps.items()}
-    rows = seeds.run_and_collect(plans, not args.no_run, args.force, args.poll, args.all_commits)
+    if args.from_json:
+        by_group = {g: r["rows"] for g, r in seeds.read_json(args.from_json, "groups").items()}
+    elif not args.group:
+        ap.error("--group is required (or --from-json)")
+    else:
+        per_group = {g: plans_for(g, args.datasets, args.seeds) for g in args.group}
+        plans = {(g, *k): v for g, ps in per_group.items() for k, v in ps.items()}
+        rows = seeds.run_and_collect(plans, not args.no_run, args.force, args.poll, args.all_commits)
+        by_group = {g: [r for k, r in zip(plans, rows, strict=True) if k[0] == g] for g in args.group}
     out, failed = {}, False
-    for g in args.group:
-        text, out[g] = report(g, [r for k, r in zip(plans, rows, strict=True) if k[0] == g])
+    for g, group_rows in by_group.items():
+        text, out[g] = report(g, group_rows)
         failed = failed or any(r["failed"] for r in out[g]["rows"])
         print(text)
     if args.json:

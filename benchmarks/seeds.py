@@ -3,6 +3,7 @@
 Usage (from the project root, with the project's environment):
     .venv/bin/python benchmarks/seeds.py --name crf-snips --dataset snips --set model.tag_decoder=crf
     .venv/bin/python benchmarks/seeds.py --name crf-snips --no-run      # only collect (e.g. after a crash)
+    .venv/bin/python benchmarks/seeds.py --from-json crf.json            # the table again, e.g. for the README
 
 Each seed is one `dvc exp run --queue -n NAME-s<seed> -S ...` (so it shows in `dvc exp show` and, since
 the train stage logs to MLflow, in MLflow); the queue runs with one worker. Dev scores are those of the
@@ -490,12 +491,21 @@ def run_and_collect(plans: dict[Any, list[Planned]], run: bool = True, force: bo
 
 
 def write_json(path: str, obj: Any) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+def read_json(path: str, key: str) -> Any:
+    """`key` of a JSON file this script (or ablation.py) wrote with --json."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))[key]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise TwinheadError(f"{path}: not a --json output of the benchmarks (no {key!r}): {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--name", required=True, help="experiments are named NAME-s<seed>")
+    ap.add_argument("--name", help="experiments are named NAME-s<seed>")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a param, as `dvc exp run -S`")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--dataset", help="snips, atis or a dataset folder (default: data.path in params.yaml)")
@@ -504,11 +514,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all-commits", action="store_true", help="collect experiments of every commit, not HEAD's")
     ap.add_argument("--poll", type=float, default=30.0, help="seconds between queue checks")
     ap.add_argument("--json", help="also write the row(s) here")
+    ap.add_argument("--from-json", help="only print the table of a file --json wrote (no DVC)")
     args = ap.parse_args(argv)
-    label = dataset_label(args.dataset)
-    plan = seed_plan(args.name, args.set, args.seeds, dataset_path(args.dataset) if args.dataset else None,
-                     args.name, label)
-    rows = run_and_collect({(args.name, label): plan}, not args.no_run, args.force, args.poll, args.all_commits)
+    if args.from_json:
+        rows = read_json(args.from_json, "rows")
+    elif not args.name:
+        ap.error("--name is required (or --from-json)")
+    else:
+        label = dataset_label(args.dataset)
+        plan = seed_plan(args.name, args.set, args.seeds, dataset_path(args.dataset) if args.dataset else None,
+                         args.name, label)
+        rows = run_and_collect({(args.name, label): plan}, not args.no_run, args.force, args.poll, args.all_commits)
     print(format_table(rows))
     failures = format_failures(rows)
     if failures:
