@@ -76,6 +76,7 @@ def main() -> int:
                      "tasks": list(tcfg.tasks), "loss_rule": tcfg.loss_rule, "loss_rule_state": res.rule_state})
     Path(args.state).unlink(missing_ok=True)  # only needed to recover from a crash
     log = pd.DataFrame(res.history)
+    log["selected"] = (log["epoch"] == res.best_epoch).astype(int)  # the epoch whose weights were kept
     with fileio.atomic_path(args.log) as tmp:
         log.to_csv(tmp, index=False, float_format="%.6g")
     tracker.log_metrics({"best_epoch": res.best_epoch, **{f"best_{k}": v for k, v in res.best_scores.items()}})

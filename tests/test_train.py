@@ -126,3 +126,14 @@ def test_single_task_training_leaves_the_other_head_alone(data, capsys):
         elif k.startswith("tag_head.proj"):
             assert not torch.equal(v, res.best_state[k])
     assert "train_intent_loss" not in res.history[0] and res.history[0]["train_grad_cosine"] is None
+
+
+def test_early_stopping_breaks_ties_by_the_other_dev_metrics():
+    from twinhead.train import selection_score
+
+    flat = {"intent_accuracy": 0.2, "slot_f1": 0.0, "sentence_accuracy": 0.0}
+    better = {"intent_accuracy": 0.7, "slot_f1": 0.3, "sentence_accuracy": 0.0}
+    assert selection_score(better, "sentence_accuracy") > selection_score(flat, "sentence_accuracy")
+    # the chosen metric always comes first, however much the others move
+    one_more = {"intent_accuracy": 0.0, "slot_f1": 0.0, "sentence_accuracy": 0.001}
+    assert selection_score(one_more, "sentence_accuracy") > selection_score(better, "sentence_accuracy")

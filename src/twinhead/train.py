@@ -200,6 +200,12 @@ def evaluate_frame(model, vocabs: Vocabs, df: pd.DataFrame, batch_size: int) -> 
     return scores, pred_intents, pred_tags
 
 
+def selection_score(dev: dict, metric: str) -> tuple[float, float]:
+    """The early-stopping score: the chosen dev metric, ties broken by the mean of the dev metrics (so that
+    while sentence accuracy is still 0 on small or hard data, progress on the tasks still counts)."""
+    return (dev[metric], sum(dev[k] for k in METRICS) / len(METRICS))
+
+
 @dataclass
 class TrainResult:
     best_state: dict
@@ -237,7 +243,7 @@ class TrainState:
     rule: LossRule  # how the task losses become gradients; holds learned task weights (uncertainty)
     gen: torch.Generator  # batch order, word dropout, pcgrad's order
     epoch: int = 0  # epochs done
-    best_score: float = -1.0
+    best_score: tuple[float, float] = (-1.0, -1.0)  # selection_score of the best epoch
     best_epoch: int = 0
     bad: int = 0  # epochs since the dev score last improved
     history: list[dict] = field(default_factory=list)
@@ -389,7 +395,7 @@ def train(
         row["lr"] = state.optimizer.param_groups[0]["lr"]
         row["seconds"] = time.perf_counter() - t0
         state.history.append(row)
-        score = dev[tcfg.early_stop_metric]
+        score = selection_score(dev, tcfg.early_stop_metric)
         if score > state.best_score:
             state.best_score, state.best_epoch, state.bad = score, state.epoch, 0
             state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

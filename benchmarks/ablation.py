@@ -1,0 +1,202 @@
+"""Ablations: named groups of configurations, each on SNIPS and ATIS over seeds, as DVC experiments.
+
+Usage (from the project root, with the project's environment):
+    .venv/bin/python benchmarks/ablation.py --group tasks [--datasets snips atis] [--seeds 1 2 3] [--json out.json]
+    .venv/bin/python benchmarks/ablation.py --group stopwords loss_rules heads --no-run   # only collect
+    .venv/bin/python benchmarks/ablation.py --from-json out.json      # the tables again, e.g. for the README
+
+Groups: tasks (joint / intent-only / tags-only), stopwords (keep all / drop but keep those seen in
+entities / drop all), loss_rules (sum / grad_mean / uncertainty / pcgrad), heads (softmax / crf tags).
+Each configuration sets every param the group varies, so a row is what its name says whatever
+params.yaml holds. Experiments are named GROUP-CONFIG-DATASET-s<seed>; all are queued seed by seed (a
+full one-seed table exists after the first third) and run by one worker (benchmarks/seeds.py).
+
+Per group: a table of dev (selection) and test metrics, mean ± std over seeds, and the configuration
+that is best on dev averaged over the datasets; test is shown beside it, never used to choose. For
+`tasks`: each single-task model early-stops on its own task's dev metric (intent accuracy, slot F1),
+the joint one on sentence accuracy (the default), and the table says, per task and dataset, whether
+sharing helps: joint minus single-task on that task's dev metric, against the larger seed std.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, only benchmarks/ is on the path
+
+from benchmarks import seeds  # noqa: E402
+from twinhead.errors import run_main  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    sets: tuple[str, ...]
+
+
+GROUPS: dict[str, tuple[Config, ...]] = {
+    "tasks": (
+        Config("joint", ("train.tasks=[intent, tags]", "train.early_stop_metric=sentence_accuracy")),
+        Config("intent-only", ("train.tasks=[intent]", "train.early_stop_metric=intent_accuracy")),
+        Config("tags-only", ("train.tasks=[tags]", "train.early_stop_metric=slot_f1")),
+    ),
+    "stopwords": (
+        Config("keep-all", ("preprocess.remove_stopwords=false",)),
+        Config("drop-keep-entity", ("preprocess.remove_stopwords=true", "preprocess.keep_entity_stopwords=true")),
+        Config("drop-all", ("preprocess.remove_stopwords=true", "preprocess.keep_entity_stopwords=false")),
+    ),
+    "loss_rules": tuple(Config(r, (f"train.loss_rule={r}",)) for r in ("sum", "grad_mean", "uncertainty", "pcgrad")),
+    "heads": (Config("softmax", ("model.tag_decoder=softmax",)), Config("crf", ("model.tag_decoder=crf",))),
+}
+SELECT_ON = "dev_sentence_accuracy"  # the headline dev metric (train.early_stop_metric's default)
+# task -> (its single-task configuration, the metric it is judged on)
+SHARING = {"intent": ("intent-only", "intent_accuracy"), "tags": ("tags-only", "slot_f1")}
+
+
+def plans_for(group: str, datasets: list[str], seed_list: list[int]) -> dict[tuple[str, str], list[seeds.Planned]]:
+    """(configuration, dataset) -> its seeds' experiments, in table order."""
+    plans = {}
+    for dataset in datasets:
+        label = seeds.dataset_label(dataset)
+        for cfg in GROUPS[group]:
+            plans[(cfg.name, label)] = seeds.seed_plan(f"{group}-{cfg.name}-{label}", list(cfg.sets), seed_list,
+                                                       seeds.dataset_path(dataset), cfg.name, label)
+    return plans
+
+
+def select_on_dev(rows: list[dict], column: str = SELECT_ON) -> dict[str, Any] | None:
+    """The configuration with the best mean of `column` (dev) over the datasets. Only configurations
+    with a value on every dataset take part; None if none has."""
+    datasets = sorted({r["dataset"] for r in rows})
+    scores = {}
+    for config in dict.fromkeys(r["config"] for r in rows):
+        means = [r["metrics"][column]["mean"] for r in rows if r["config"] == config]
+        if len(means) == len(datasets) and None not in means:
+            scores[config] = sum(means) / len(means)
+    if not scores:
+        return None
+    best = max(scores, key=scores.__getitem__)
+    return {"column": column, "datasets": datasets, "best": best, "scores": scores}
+
+
+def _row(rows: list[dict], config: str, dataset: str) -> dict | None:
+    return next((r for r in rows if r["config"] == config and r["dataset"] == dataset), None)
+
+
+def _diff(a: dict | None, b: dict | None) -> float | None:
+    return None if a is None or b is None or a["mean"] is None or b["mean"] is None else a["mean"] - b["mean"]
+
+
+def sharing(rows: list[dict], joint: str = "joint") -> list[dict[str, Any]]:
+    """Per task and dataset: joint minus single-task on the task's own metric, dev and test, and the
+    verdict on dev: a gain or loss only when the difference exceeds the larger of the two seed stds."""
+    out = []
+    for task, (single, metric) in SHARING.items():
+        for dataset in dict.fromkeys(r["dataset"] for r in rows):
+            j, s = _row(rows, joint, dataset), _row(rows, single, dataset)
+            dev = [x["metrics"][f"dev_{metric}"] if x else None for x in (j, s)]
+            test = [x["metrics"][f"test_{metric}"] if x else None for x in (j, s)]
+            d = _diff(*dev)
+            stds = [x["std"] for x in dev if x is not None and x["std"] is not None]
+            std = max(stds) if len(stds) == 2 else None
+            if d is None:
+                verdict = "missing runs"
+            elif std is None:
+                verdict = "no seed std (n<2)"
+            elif d > std:
+                verdict = "gains from sharing"
+            elif d < -std:
+                verdict = "loses from sharing"
+            else:
+                verdict = "within seed std"
+            out.append({"task": task, "dataset": dataset, "metric": metric, "single": single,
+                        "joint_dev": dev[0], "single_dev": dev[1], "diff_dev": d, "std": std,
+                        "exceeds_std": None if d is None or std is None else abs(d) > std, "verdict": verdict,
+                        "joint_test": test[0], "single_test": test[1], "diff_test": _diff(*test)})
+    return out
+
+
+def _pp(x: float | None) -> str:
+    return "—" if x is None else f"{x * 100:+.2f}"
+
+
+def _cell(m: dict | None) -> str:
+    return "—" if m is None else seeds.format_cell(m["mean"], m["std"])
+
+
+def format_sharing(items: list[dict]) -> str:
+    head = ["task", "dataset", "metric", "joint dev", "single dev", "Δ dev", "seed std", "verdict (dev)",
+            "joint test", "single test", "Δ test"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for it in items:
+        std = "—" if it["std"] is None else f"{it['std'] * 100:.2f}"
+        lines.append("| " + " | ".join([
+            it["task"], it["dataset"], seeds.LABELS[it["metric"]], _cell(it["joint_dev"]), _cell(it["single_dev"]),
+            _pp(it["diff_dev"]), std, it["verdict"], _cell(it["joint_test"]), _cell(it["single_test"]),
+            _pp(it["diff_test"])]) + " |")
+    return "\n".join(lines)
+
+
+def format_selection(sel: dict | None) -> str:
+    if sel is None:
+        return "Best on dev: no configuration has results on every dataset."
+    label = seeds.column_label(sel["column"])
+    others = ", ".join(f"{c} {v * 100:.2f}" for c, v in sel["scores"].items() if c != sel["best"])
+    return (f"Best on dev ({label}, mean over {', '.join(sel['datasets'])}): {sel['best']} "
+            f"{sel['scores'][sel['best']] * 100:.2f}" + (f" (others: {others})" if others else ""))
+
+
+def report(group: str, rows: list[dict]) -> tuple[str, dict[str, Any]]:
+    """The printed section of one group and its JSON."""
+    parts = [f"## {group}", "", seeds.format_table(rows), ""]
+    result: dict[str, Any] = {"rows": rows}
+    if group == "tasks":
+        result["sharing"] = sharing(rows)
+        parts += ["Sharing: joint minus single-task on the task's own metric (dev decides, test beside)", "",
+                  format_sharing(result["sharing"]), ""]
+    else:
+        result["selection"] = select_on_dev(rows)
+        parts += [format_selection(result["selection"]), ""]
+    failures = seeds.format_failures(rows)
+    if failures:
+        parts += [failures, ""]
+    return "\n".join(parts), result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--group", nargs="+", choices=sorted(GROUPS), help="required unless --from-json")
+    ap.add_argument("--datasets", nargs="+", default=["snips", "atis"], help="snips, atis or dataset folders")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--no-run", action="store_true", help="only collect the experiments that exist")
+    ap.add_argument("--force", action="store_true", help="re-run experiments that succeeded already")
+    ap.add_argument("--all-commits", action="store_true", help="collect experiments of every commit, not HEAD's")
+    ap.add_argument("--poll", type=float, default=30.0, help="seconds between queue checks")
+    ap.add_argument("--json", help="also write every group's rows, selection and comparison here")
+    ap.add_argument("--from-json", help="only print the tables of a file --json wrote (no DVC)")
+    args = ap.parse_args(argv)
+    if args.from_json:
+        by_group = {g: r["rows"] for g, r in seeds.read_json(args.from_json, "groups").items()}
+    elif not args.group:
+        ap.error("--group is required (or --from-json)")
+    else:
+        per_group = {g: plans_for(g, args.datasets, args.seeds) for g in args.group}
+        plans = {(g, *k): v for g, ps in per_group.items() for k, v in ps.items()}
+        rows = seeds.run_and_collect(plans, not args.no_run, args.force, args.poll, args.all_commits)
+        by_group = {g: [r for k, r in zip(plans, rows, strict=True) if k[0] == g] for g in args.group}
+    out, failed = {}, False
+    for g, group_rows in by_group.items():
+        text, out[g] = report(g, group_rows)
+        failed = failed or any(r["failed"] for r in out[g]["rows"])
+        print(text)
+    if args.json:
+        seeds.write_json(args.json, {"groups": out})
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    run_main(main)
