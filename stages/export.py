@@ -35,7 +35,8 @@ def main() -> int:
     preds = Predictor(args.out).predict(examples)
     for pr in preds:
         ents = ", ".join(f"{e['label']}={e['text']!r}" for e in pr["entities"])
-        print(f"{pr['text']!r} -> {pr['intent']} ({pr['probability']:.3f}) [{ents}]")
+        intent = f"{pr['intent']} ({pr['probability']:.3f})" if pr["intent"] is not None else "(no intent head)"
+        print(f"{pr['text']!r} -> {intent} [{ents}]")
 
     tracker = Tracker.resume(args.run_file)
     if p["mlflow"].enabled:

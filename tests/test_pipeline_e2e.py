@@ -98,3 +98,19 @@ def test_bad_input_stops_preprocess_with_file_and_line(tiny_repo):
     assert "seq.out:5:" in res.stdout + res.stderr
     assert "Traceback" not in res.stdout + res.stderr
     assert not (tiny_repo / "data/processed").exists()
+
+
+def test_single_task_pipeline_exports_and_scores_only_its_task(tiny_repo, tmp_path):
+    """train.tasks: [tags] through every stage: the bundle says so, eval.json has no intent scores, and
+    prediction gives entities but no intent."""
+    set_params(tiny_repo, {"train": {"tasks": ["tags"], "epochs": 3}})
+    env = env_with_venv(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
+    out = run(["dvc", "repro"], tiny_repo, env)
+    assert "(no intent head)" in out.stdout
+    ev = json.loads((tiny_repo / "metrics/eval.json").read_text())
+    assert "slot_f1" in ev and "raw_slot_f1" in ev and ev["raw_slot_f1"] == ev["slot_f1"]
+    assert not {k for k in ev if "intent" in k or k.startswith(("sentence_", "raw_sentence"))}
+    assert json.loads((tiny_repo / "models/export/config.json").read_text())["tasks"] == ["tags"]
+    res = run(["twinhead", "predict", "--bundle", "models/export", "play the beatles"], tiny_repo, env)
+    pred = json.loads(res.stdout)
+    assert pred["intent"] is None and pred["probability"] is None and len(pred["tags"]) == 3
