@@ -11,11 +11,12 @@ import argparse
 import sys
 from pathlib import Path
 
-try:
-    from twinhead.errors import run_main
-except ModuleNotFoundError:  # `python` on PATH is not the project's environment
-    sys.exit(f"error: {sys.executable} cannot import twinhead: activate the environment first "
-             "(`source .venv/bin/activate`, see README) or use the make targets")
+# The library of the tree this stage runs in (a `dvc exp run --queue` copy holds its own src/), not whatever
+# twinhead the environment has installed: an experiment runs the code it was queued with.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from twinhead.errors import check_environment, run_main  # pure Python: importable from any python
+
+check_environment()
 
 from twinhead import fileio
 from twinhead.params import BaseConfig, as_dict, load_config

@@ -32,3 +32,22 @@ def run_main(main) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+REQUIRED = ("torch", "spacy", "pandas", "pyarrow", "pydantic", "ruamel.yaml", "safetensors")
+
+
+def check_environment() -> None:
+    """Exit with one line if this python lacks the project's dependencies (a stage run by DVC with the
+    system `python` first on PATH), instead of a ModuleNotFoundError traceback from deep inside."""
+    import importlib.util
+    import sys
+
+    for name in REQUIRED:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # a dotted name whose parent package is missing
+            found = False
+        if not found:
+            sys.exit(f"error: {sys.executable} cannot import {name}: it is not the project's environment; "
+                     "activate it first (`source .venv/bin/activate`, see README) or use the make targets")
