@@ -365,10 +365,11 @@ class Dvc:
         return "\n".join(text.splitlines()[-LOG_TAIL:]) or "(no log)"
 
 
-def queue_plan(dvc: Dvc, plan: list[Planned], force: bool = False) -> dict[str, str]:
-    """Queue the planned experiments not already done; returns {task id: name} of those to wait for.
-    All or nothing: if one cannot be queued, those queued here are removed again."""
-    found = dvc.experiments()
+def queue_plan(dvc: Dvc, plan: list[Planned], force: bool = False, all_commits: bool = False) -> dict[str, str]:
+    """Queue the planned experiments not already done (on HEAD's commit, or any with all_commits); returns
+    {task id: name} of those to wait for. All or nothing: if one cannot be queued, those queued here are
+    removed again."""
+    found = dvc.experiments(all_commits)
     tasks_before, _ = dvc.queue_status()
     wait = {t: n for t, (n, s) in tasks_before.items() if s in PENDING and n in {p.name for p in plan}}
     queued: list[str] = []
@@ -487,7 +488,7 @@ def run_and_collect(plans: dict[Any, list[Planned]], run: bool = True, force: bo
     if run:
         flat = seed_major(list(plans.values()))
         check_data(flat, Path(cwd))
-        wait_queue(dvc, queue_plan(dvc, flat, force), poll)
+        wait_queue(dvc, queue_plan(dvc, flat, force, all_commits), poll)
     found = dvc.experiments(all_commits)
     rows = []
     for ps in plans.values():
