@@ -518,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", help="snips, atis or a dataset folder (default: data.path in params.yaml)")
     ap.add_argument("--no-run", action="store_true", help="only collect the experiments that exist")
     ap.add_argument("--force", action="store_true", help="re-run experiments that succeeded already")
-    ap.add_argument("--all-commits", action="store_true", help="collect experiments of every commit, not HEAD's")
+    ap.add_argument("--all-commits", action="store_true",
+                    help="find and collect the experiments of every commit, not only HEAD's")
     ap.add_argument("--poll", type=float, default=30.0, help="seconds between queue checks")
     ap.add_argument("--json", help="also write the row(s) here")
     ap.add_argument("--from-json", help="only print the table of a file --json wrote (no DVC)")
