@@ -171,14 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--group", nargs="+", choices=sorted(GROUPS), help="required unless --from-json")
     ap.add_argument("--datasets", nargs="+", default=["snips", "atis"], help="snips, atis or dataset folders")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--no-run", action="store_true", help="only collect the experiments that exist")
-    ap.add_argument("--force", action="store_true", help="re-run experiments that succeeded already")
-    ap.add_argument("--all-commits", action="store_true",
-                    help="find and collect the experiments of every commit, not only HEAD's")
-    ap.add_argument("--poll", type=float, default=30.0, help="seconds between queue checks")
-    ap.add_argument("--json", help="also write every group's rows, selection and comparison here")
-    ap.add_argument("--from-json", help="only print the tables of a file --json wrote (no DVC)")
+    seeds.add_run_options(ap, "also write every group's rows, selection and comparison here",
+                          "only print the tables of a file --json wrote (no DVC)")
     args = ap.parse_args(argv)
     if args.from_json:
         by_group = {g: r["rows"] for g, r in seeds.read_json(args.from_json, "groups").items()}

@@ -510,19 +510,24 @@ def read_json(path: str, key: str) -> Any:
         raise TwinheadError(f"{path}: not a --json output of the benchmarks (no {key!r}): {e}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--name", help="experiments are named NAME-s<seed>")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a param, as `dvc exp run -S`")
+def add_run_options(ap: argparse.ArgumentParser, json_help: str, from_json_help: str) -> None:
+    """The options seeds.py and ablation.py share: seeds, running vs collecting, and the JSON rows."""
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--dataset", help="snips, atis or a dataset folder (default: data.path in params.yaml)")
     ap.add_argument("--no-run", action="store_true", help="only collect the experiments that exist")
     ap.add_argument("--force", action="store_true", help="re-run experiments that succeeded already")
     ap.add_argument("--all-commits", action="store_true",
                     help="find and collect the experiments of every commit, not only HEAD's")
     ap.add_argument("--poll", type=float, default=30.0, help="seconds between queue checks")
-    ap.add_argument("--json", help="also write the row(s) here")
-    ap.add_argument("--from-json", help="only print the table of a file --json wrote (no DVC)")
+    ap.add_argument("--json", help=json_help)
+    ap.add_argument("--from-json", help=from_json_help)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--name", help="experiments are named NAME-s<seed>")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a param, as `dvc exp run -S`")
+    ap.add_argument("--dataset", help="snips, atis or a dataset folder (default: data.path in params.yaml)")
+    add_run_options(ap, "also write the row(s) here", "only print the table of a file --json wrote (no DVC)")
     args = ap.parse_args(argv)
     if args.from_json:
         rows = read_json(args.from_json, "rows")
