@@ -6,7 +6,8 @@ Usage (from the project root, with the project's environment):
     .venv/bin/python benchmarks/ablation.py --from-json out.json      # the tables again, e.g. for the README
 
 Groups: tasks (joint / intent-only / tags-only), stopwords (keep all / drop but keep those seen in
-entities / drop all), loss_rules (sum / grad_mean / uncertainty / pcgrad), heads (softmax / crf tags).
+entities / drop all), loss_rules (sum / grad_mean / uncertainty / pcgrad), heads (softmax / crf tags),
+schedule (plateau, the default, whose runs are heads' softmax ones / the 15-epoch cosine it replaced).
 Each configuration sets every param the group varies, so a row is what its name says whatever
 params.yaml holds. Experiments are named GROUP-CONFIG-DATASET-s<seed>; all are queued seed by seed (a
 full one-seed table exists after the first third) and run by one worker (benchmarks/seeds.py).
@@ -36,6 +37,7 @@ from twinhead.errors import run_main  # noqa: E402
 class Config:
     name: str
     sets: tuple[str, ...]
+    runs_as: str | None = None  # GROUP-CONFIG of another group's identical runs: shared, run once
 
 
 GROUPS: dict[str, tuple[Config, ...]] = {
@@ -51,6 +53,13 @@ GROUPS: dict[str, tuple[Config, ...]] = {
     ),
     "loss_rules": tuple(Config(r, (f"train.loss_rule={r}",)) for r in ("sum", "grad_mean", "uncertainty", "pcgrad")),
     "heads": (Config("softmax", ("model.tag_decoder=softmax",)), Config("crf", ("model.tag_decoder=crf",))),
+    # the default (plateau: ends on the dev plateau) against the fixed 15-epoch cosine schedule it replaced
+    "schedule": (
+        Config("plateau", ("train.scheduler=plateau", "train.epochs=100", "train.patience=8", "train.lr_decay=0.5",
+                           "train.lr_patience=2", "model.tag_decoder=softmax"), runs_as="heads-softmax"),
+        Config("cosine-15", ("train.scheduler=cosine", "train.epochs=15", "train.patience=5",
+                             "model.tag_decoder=softmax")),
+    ),
 }
 SELECT_ON = "dev_sentence_accuracy"  # the headline dev metric (train.early_stop_metric's default)
 # task -> (its single-task configuration, the metric it is judged on)
@@ -63,7 +72,8 @@ def plans_for(group: str, datasets: list[str], seed_list: list[int]) -> dict[tup
     for dataset in datasets:
         label = seeds.dataset_label(dataset)
         for cfg in GROUPS[group]:
-            plans[(cfg.name, label)] = seeds.seed_plan(f"{group}-{cfg.name}-{label}", list(cfg.sets), seed_list,
+            plans[(cfg.name, label)] = seeds.seed_plan(f"{cfg.runs_as or f'{group}-{cfg.name}'}-{label}",
+                                                       list(cfg.sets), seed_list,
                                                        seeds.dataset_path(dataset), cfg.name, label)
     return plans
 

@@ -476,9 +476,14 @@ def check_data(plan: list[Planned], root: Path) -> None:
 
 
 def seed_major(plans: list[list[Planned]]) -> list[Planned]:
-    """Every plan's first seed, then every second seed, ...: a partial run still fills whole tables."""
+    """Every plan's first seed, then every second seed, ...: a partial run still fills whole tables. An
+    experiment two plans share (the same name) is run once, where it first comes."""
     longest = max((len(ps) for ps in plans), default=0)
-    return [ps[i] for i in range(longest) for ps in plans if i < len(ps)]
+    order = [ps[i] for i in range(longest) for ps in plans if i < len(ps)]
+    first: dict[str, Planned] = {}
+    for p in order:
+        first.setdefault(p.name, p)
+    return list(first.values())
 
 
 def run_and_collect(plans: dict[Any, list[Planned]], run: bool = True, force: bool = False, poll: float = 30.0,

@@ -186,6 +186,14 @@ def test_ablation_plans_are_queued_seed_by_seed():
                      "heads-softmax-snips-s2", "heads-crf-snips-s2", "heads-softmax-atis-s2", "heads-crf-atis-s2"]
 
 
+def test_runs_two_groups_share_are_queued_once_and_collected_by_both():
+    heads = ablation.plans_for("heads", ["atis"], [1])
+    schedule = ablation.plans_for("schedule", ["atis"], [1])
+    assert schedule[("plateau", "atis")][0].name == heads[("softmax", "atis")][0].name == "heads-softmax-atis-s1"
+    order = [p.name for p in seeds.seed_major([*heads.values(), *schedule.values()])]
+    assert order == ["heads-softmax-atis-s1", "heads-crf-atis-s1", "schedule-cosine-15-atis-s1"]
+
+
 def test_mismatches_compares_values_as_dvc_parses_them():
     params = {"train.lr": 0.001, "train.tasks": ["intent"], "model.tag_decoder": "crf", "base.seed": 1}
     assert seeds.mismatches(params, ["train.lr=1e-3", "train.tasks=[intent]", "model.tag_decoder=crf",

@@ -137,3 +137,23 @@ def test_early_stopping_breaks_ties_by_the_other_dev_metrics():
     # the chosen metric always comes first, however much the others move
     one_more = {"intent_accuracy": 0.0, "slot_f1": 0.0, "sentence_accuracy": 0.001}
     assert selection_score(one_more, "sentence_accuracy") > selection_score(better, "sentence_accuracy")
+
+
+def test_plateau_schedule_decays_lr_only_after_the_dev_metric_stalls(data):
+    """The default schedule ends with the data, not at a fixed epoch: lr stays put while the dev metric
+    improves and is multiplied by lr_decay once it has not improved for more than lr_patience epochs."""
+    tr, dev, vocabs = data
+    tcfg = TrainConfig(epochs=14, batch_size=16, lr=0.05, patience=0, scheduler="plateau", lr_decay=0.5,
+                       lr_patience=1, early_stop_metric="intent_accuracy")
+    hist = train(tr, dev, vocabs, MCFG, tcfg, seed=5, progress=False).history
+    lrs = [r["lr"] for r in hist]
+    best, bad, expected = float("-inf"), 0, [tcfg.lr]
+    for r in hist[:-1]:  # replay the rule on the logged dev metric: the lr each next epoch must have
+        m = r["dev_intent_accuracy"]
+        best, bad = (m, 0) if m > best else (best, bad + 1)
+        nxt = expected[-1]
+        if bad > tcfg.lr_patience:
+            nxt, bad = nxt * tcfg.lr_decay, 0
+        expected.append(nxt)
+    assert lrs == pytest.approx(expected)
+    assert min(lrs) < tcfg.lr, "the run must stall at least once for this test to mean anything"

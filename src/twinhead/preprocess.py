@@ -25,7 +25,7 @@ from twinhead.text import TextPipeline, bio_to_spans, removable_stopwords, spans
 class PreprocessConfig:
     lang: Name = "en"  # spaCy language for spacy.blank(lang)
     lowercase: bool = True  # lowercase the words the model reads
-    remove_stopwords: bool = True  # drop spaCy stop words (their tags go with them)
+    remove_stopwords: bool = False  # drop spaCy stop words (their tags go with them); off: measured better
     keep_entity_stopwords: bool = True  # ...except words seen inside training entities
 
 

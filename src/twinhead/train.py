@@ -49,16 +49,20 @@ def _device_name(name: str) -> str:
 
 @section
 class TrainConfig:
-    epochs: PosInt = 15  # maximum epochs
+    epochs: PosInt = 100  # a cap: early stopping on the dev plateau ends a run (see patience)
     batch_size: PosInt = 64
     lr: Annotated[float, Field(gt=0)] = 0.003  # Adam learning rate
     weight_decay: NonNegFloat = 0.0
-    scheduler: Literal["cosine", "none"] = "cosine"  # cosine: anneal to 0 over `epochs`
+    # plateau: lr *= lr_decay after lr_patience epochs without dev improvement (ends with the data, not a
+    # fixed epoch); cosine: anneal to 0 over `epochs`; none: constant
+    scheduler: Literal["plateau", "cosine", "none"] = "plateau"
+    lr_decay: Annotated[float, Field(gt=0, lt=1)] = 0.5  # plateau: the factor applied to lr
+    lr_patience: NonNegInt = 2  # plateau: epochs without improvement tolerated before lr is decayed
     grad_clip: NonNegFloat = 5.0  # max gradient norm; 0 turns clipping off
     intent_weight: NonNegFloat = 1.0  # loss weight of the intent task
     tag_weight: NonNegFloat = 1.0  # loss weight of the tagging task
     word_dropout: Fraction = 0.25  # probability of reading a word seen once in train as <unk>
-    patience: NonNegInt = 5  # epochs without dev improvement before stopping; 0 never stops early
+    patience: NonNegInt = 8  # epochs without dev improvement before stopping; 0 never stops early
     early_stop_metric: Literal[METRICS] = "sentence_accuracy"  # the dev metric early stopping follows
     device: Annotated[str, AfterValidator(_device_name)] = "auto"  # auto: CUDA when present, else CPU
     deterministic: bool = True  # deterministic kernels (on GPU: cuDNN deterministic, see README)
@@ -66,7 +70,7 @@ class TrainConfig:
     eval_batch_size: PosInt = 256
     tasks: Annotated[list[Literal["intent", "tags"]], Field(min_length=1, max_length=2)] = \
         dataclasses.field(default_factory=lambda: ["intent", "tags"])  # one of them: a single-task model
-    loss_rule: Literal[RULES] = "sum"  # how the task losses become gradients (twinhead.mtl)
+    loss_rule: Literal[RULES] = "uncertainty"  # how the task losses become gradients (twinhead.mtl)
     conflict_every: NonNegInt = 10  # measure task-gradient conflict on every n-th step (0: never)
 
     def __post_init__(self):
@@ -239,7 +243,7 @@ class TrainState:
 
     model: JointModel
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: torch.optim.lr_scheduler.LRScheduler  # per step, or per epoch when ReduceLROnPlateau
     rule: LossRule  # how the task losses become gradients; holds learned task weights (uncertainty)
     gen: torch.Generator  # batch order, word dropout, pcgrad's order
     epoch: int = 0  # epochs done
@@ -278,7 +282,10 @@ def new_state(model: JointModel, tcfg: TrainConfig, steps_per_epoch: int, seed: 
     if list(rule.parameters()):
         groups.append({"params": list(rule.parameters()), "weight_decay": 0.0})
     opt = torch.optim.Adam(groups, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    if tcfg.scheduler == "cosine":
+    if tcfg.scheduler == "plateau":  # stepped once per epoch on the dev metric (threshold 0: any gain counts)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=tcfg.lr_decay,
+                                                           patience=tcfg.lr_patience, threshold=0.0)
+    elif tcfg.scheduler == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tcfg.epochs * steps_per_epoch)
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
@@ -303,7 +310,8 @@ def train_step(state: TrainState, batch: tuple, tcfg: TrainConfig, measure_confl
     if tcfg.grad_clip:
         nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
     state.optimizer.step()
-    state.scheduler.step()
+    if not isinstance(state.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        state.scheduler.step()
     return stats
 
 
@@ -396,6 +404,8 @@ def train(
         row["seconds"] = time.perf_counter() - t0
         state.history.append(row)
         score = selection_score(dev, tcfg.early_stop_metric)
+        if isinstance(state.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            state.scheduler.step(score[0])  # the lr of the next epoch; row["lr"] is this epoch's
         if score > state.best_score:
             state.best_score, state.best_epoch, state.bad = score, state.epoch, 0
             state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
