@@ -9,7 +9,7 @@ TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup data repro test lint lock clean-venv dvc
+.PHONY: setup data repro test lint lock clean-venv dvc browser
 setup: $(BIN)/.installed
 
 $(BIN)/.installed: pyproject.toml requirements.lock
@@ -24,8 +24,15 @@ data: setup
 repro: data
 	dvc repro
 
-test: data
+test: data browser
 	python -m pytest -q
+
+# Headless Chromium (Debian's package) for the tests that render HTML in a real browser.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium; }; }
 
 # Any DVC command with the environment on PATH (stage commands call `python` from PATH):
 #   make dvc ARGS="exp run -S train.lr=3e-4"      make dvc ARGS="queue start -j 1"
