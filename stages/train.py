@@ -2,8 +2,8 @@
 
 Inputs:  PROCESSED/{train,dev}.parquet + meta.json, VOCAB/*.json.
 Outputs: CHECKPOINT (state_dict + model config + vocabularies + preprocessing settings),
-         LOG (metrics/train_log.csv: one row per epoch), RUN_FILE (the MLflow run id for the later
-         stages). The resumable training state lives in --state (not a DVC output).
+         LOG (metrics/train_log.csv: one row per epoch), --summary (metrics/train.json), RUN_FILE (the
+         MLflow run id for the later stages). The resumable training state lives in --state (not a DVC output).
 Params:  base, model, train, mlflow.
 """
 
@@ -41,6 +41,8 @@ def main() -> int:
     ap.add_argument("log")
     ap.add_argument("run_file")
     ap.add_argument("--state", default="models/resume/state.pt", help="resumable training state")
+    ap.add_argument("--summary", default="metrics/train.json",
+                    help="best epoch, epochs run, pretrained-vector coverage (a DVC metric)")
     args = ap.parse_args()
     p = load_config(SECTIONS)
     mcfg, tcfg = p["model"], p["train"]
@@ -80,7 +82,11 @@ def main() -> int:
     log["selected"] = (log["epoch"] == res.best_epoch).astype(int)  # the epoch whose weights were kept
     with fileio.atomic_path(args.log) as tmp:
         log.to_csv(tmp, index=False, float_format="%.6g")
-    tracker.log_metrics({"best_epoch": res.best_epoch, **{f"best_{k}": v for k, v in res.best_scores.items()}})
+    summary = {"best_epoch": res.best_epoch, "epochs": len(res.history),
+               **({"vectors_coverage": res.vectors["coverage"], "vectors_found": res.vectors["found"]}
+                  if res.vectors else {})}
+    fileio.write_json(args.summary, summary)
+    tracker.log_metrics({**summary, **{f"best_{k}": v for k, v in res.best_scores.items()}})
     tracker.log_artifact(args.log)
     print(f"best epoch {res.best_epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.best_scores.items()))
     return 0

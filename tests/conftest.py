@@ -73,6 +73,7 @@ def make_tiny_repo(dest: Path, params: dict | None = None, commit: bool = True) 
         shutil.copy(ROOT / name, dest / name)
     for folder in ("stages", "src"):
         shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(ROOT / "data" / "vectors", dest / "data" / "vectors")  # a train dependency, in git
     (dest / "metrics").mkdir()
     (dest / "models").mkdir()
     shutil.copy(ROOT / ".gitignore", dest / ".gitignore")

@@ -35,6 +35,7 @@ from twinhead.metrics import summary
 from twinhead.model import JointModel, ModelConfig
 from twinhead.mtl import RULES, LossRule, StepStats, make_rule
 from twinhead.params import Fraction, NonNegFloat, NonNegInt, PosInt, section
+from twinhead.vectors import init_embeddings
 from twinhead.vocab import Vocabs
 
 STATE_FORMAT = "twinhead-train-state/2"
@@ -221,6 +222,7 @@ class TrainResult:
     truncated: int
     model_config: ModelConfig  # as trained (intent_to_tags is off when the intent task is not trained)
     rule_state: dict  # the loss rule's learned state at the end (uncertainty: the task log-variances)
+    vectors: dict | None = None  # model.vectors' coverage of the vocabulary (Coverage.to_dict), None when off
 
 
 def _rng_state(gen: torch.Generator) -> dict:
@@ -376,6 +378,12 @@ def train(
         print("model.intent_to_tags is off: the intent task is not trained (train.tasks)", flush=True)
         mcfg = dataclasses.replace(mcfg, intent_to_tags=False)
     model = build_model(mcfg.to_dict(), vocabs).to(device)
+    vectors = None
+    if mcfg.vectors:
+        vectors = init_embeddings(model.word_emb, vocabs.words.itos, mcfg.vectors)
+        print(f"model.vectors: {vectors.found} of {vectors.vocab_words} vocabulary words ({vectors.coverage:.1%}) "
+              f"start from {mcfg.vectors}" + (f", {vectors.found_lowercased} of them by their lowercased form"
+                                              if vectors.found_lowercased else ""), flush=True)
     data = TrainData(train_df, vocabs, mcfg, model.intent_targets)
     if len(data) == 0:
         raise TwinheadError("train split has no sentences with words")
@@ -425,4 +433,5 @@ def train(
             on_epoch(row)
     return TrainResult(state.best_state, state.best_epoch, state.best_scores, state.history, str(device),
                        resumed_from, data.truncated, mcfg,
-                       {k: v.detach().cpu() for k, v in state.rule.state_dict().items()})
+                       {k: v.detach().cpu() for k, v in state.rule.state_dict().items()},
+                       vectors.to_dict() if vectors else None)
