@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from benchmarks import ablation, seeds
+from benchmarks import ablation, cv, seeds
 from tests.conftest import ROOT, env_with_venv, make_tiny_repo, run
 from twinhead.errors import TwinheadError
 
@@ -192,6 +192,18 @@ def test_runs_two_groups_share_are_queued_once_and_collected_by_both():
     assert schedule[("plateau", "atis")][0].name == heads[("softmax", "atis")][0].name == "heads-softmax-atis-s1"
     order = [p.name for p in seeds.seed_major([*heads.values(), *schedule.values()])]
     assert order == ["heads-softmax-atis-s1", "heads-crf-atis-s1", "schedule-cosine-15-atis-s1"]
+
+
+def test_cross_validation_plans_one_experiment_per_fold_with_one_seed():
+    plan = cv.fold_plan("cv", "atis", 3, ["train.loss_rule=sum"], seed=42)
+    assert [p.name for p in plan] == ["cv-atis-k3-f0", "cv-atis-k3-f1", "cv-atis-k3-f2"]
+    assert plan[2].sets == ["train.loss_rule=sum", "data.path=data/raw/atis", "data.cv_folds=3", "data.cv_fold=2",
+                            "base.seed=42"]
+    assert {p.config for p in plan} == {"cv (3-fold)"}
+    with pytest.raises(TwinheadError, match="--folds 2: at least 3"):
+        cv.fold_plan("cv", "atis", 2, [], 1)
+    with pytest.raises(TwinheadError, match="come from --folds"):
+        cv.fold_plan("cv", "atis", 3, ["data.cv_fold=1"], 1)
 
 
 def test_mismatches_compares_values_as_dvc_parses_them():

@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from twinhead.errors import DataError, TwinheadError
-from twinhead.params import Name, section
+from twinhead.params import Name, NonNegInt, section
 from twinhead.text import bio_error, get_nlp, spans_to_bio, text_problem, tokenize
 
 SPLITS = ("train", "dev", "test")
@@ -31,6 +31,17 @@ class DataConfig:
     format: Literal["auto", "bio", "jsonl"] = "auto"  # auto: detected from the folder's files
     on_error: Literal["raise", "skip"] = "raise"  # raise: stop at the first malformed line; skip: count it
     dev_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1  # JSONL without dev.jsonl: share of train held out
+    # k-fold cross-validation on train+dev (k >= 3; 0: off): fold cv_fold is the evaluated split, the next
+    # fold the dev split, the rest train; the dataset's own test split is not used
+    cv_folds: NonNegInt = 0
+    cv_fold: NonNegInt = 0  # which fold is held out, 0 .. cv_folds-1
+
+    def __post_init__(self):
+        if self.cv_folds and self.cv_folds < 3:
+            raise ValueError(f"cv_folds must be 0 (off) or at least 3 (one fold evaluated, one dev, the rest "
+                             f"train), not {self.cv_folds}")
+        if self.cv_folds and self.cv_fold >= self.cv_folds:
+            raise ValueError(f"cv_fold must be below cv_folds ({self.cv_folds}), not {self.cv_fold}")
 
 
 @dataclass
@@ -194,6 +205,23 @@ def detect_format(root: Path) -> str:
         "no dataset found: expected train.jsonl (JSONL format) or train/seq.in (BIO folder format)",
         str(root),
     )
+
+
+def cross_validation_split(data: dict[str, list[Example]], folds: int, fold: int, seed: int
+                           ) -> dict[str, list[Example]]:
+    """train+dev pooled and dealt into `folds` seeded folds of near-equal size: fold `fold` becomes test,
+    the next one dev, the others train. The same seed gives the same folds for every `fold`, so the k
+    runs of one cross-validation hold out each example exactly once."""
+    pool = data["train"] + data["dev"]
+    if len(pool) < folds:
+        raise TwinheadError(f"params: data.cv_folds={folds} but train+dev hold only {len(pool)} examples")
+    order = list(range(len(pool)))
+    random.Random(seed).shuffle(order)
+    of = {k: i % folds for i, k in enumerate(order)}  # example index -> its fold
+    dev_fold = (fold + 1) % folds
+    return {"train": [ex for k, ex in enumerate(pool) if of[k] not in (fold, dev_fold)],
+            "dev": [ex for k, ex in enumerate(pool) if of[k] == dev_fold],
+            "test": [ex for k, ex in enumerate(pool) if of[k] == fold]}
 
 
 def read_dataset(
