@@ -90,3 +90,11 @@ def test_closure_sees_lazy_imports(tmp_path):
     f = tmp_path / "s.py"
     f.write_text("def main():\n    from twinhead.metrics import summary\n")
     assert "src/twinhead/metrics.py" in closure(f)
+
+
+def test_no_dataset_is_named_in_the_library_or_the_stages():
+    """Nothing is tuned to one dataset in code: SNIPS and ATIS are data, chosen in params.yaml or a preset."""
+    named = [f"{p.relative_to(ROOT)}:{i}" for folder in ("src", "stages") for p in sorted((ROOT / folder).rglob("*.py"))
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+             if re.search(r"(?<![a-z])(snips|atis)(?![a-z])", line, re.IGNORECASE)]
+    assert named == []
