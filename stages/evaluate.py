@@ -5,8 +5,9 @@ sentence is scored twice: on the processed words, and as raw text through Predic
 character spans (the raw_* keys of eval.json). The numbers are those `twinhead predict` users get.
 Inputs:  BUNDLE, PROCESSED/<split>.parquet, RUN_FILE (the MLflow run train opened).
 Outputs: OUT/eval.json (summary: DVC metrics), OUT/eval_details.json (per-intent and per-slot-type
-         P/R/F1), OUT/errors.jsonl (every wrong sentence), OUT/intent_confusion.json (records of
-         actual/predicted, DVC confusion plot), OUT/intent_confusion.png.
+         P/R/F1), OUT/errors.jsonl (every wrong sentence), OUT/errors.html (those sentences as a displaCy
+         page, gold over predicted), OUT/intent_confusion.json (records of actual/predicted, DVC confusion
+         plot), OUT/intent_confusion.png, OUT/slot_f1.png (F1 per slot type).
 Params:  evaluate, mlflow.
 """
 
@@ -24,8 +25,10 @@ check_environment()
 from twinhead import fileio
 from twinhead.evaluate import EvaluateConfig, confusion_png, evaluate
 from twinhead.params import as_dict, load_config
+from twinhead.plots import slot_f1_png
 from twinhead.predictor import Predictor
 from twinhead.preprocess import load_split
+from twinhead.render import errors_html
 from twinhead.tracking import MlflowConfig, Tracker
 
 SECTIONS = {"evaluate": EvaluateConfig, "mlflow": MlflowConfig}
@@ -47,14 +50,17 @@ def main() -> int:
     fileio.write_json(out / "eval.json", res.summary)
     fileio.write_json(out / "eval_details.json", res.details)
     fileio.write_jsonl(out / "errors.jsonl", res.errors)
+    fileio.write_text(out / "errors.html", errors_html(res.errors))
     fileio.write_json(out / "intent_confusion.json", res.confusion, indent=None)
     confusion_png(res.confusion, out / "intent_confusion.png", f"intent confusion ({cfg.split})")
+    slot_f1_png(res.details["slot"]["per_type"], out / "slot_f1.png", f"slot F1 per type ({cfg.split})")
 
     tracker = Tracker.resume(args.run_file)
     if p["mlflow"].enabled:
         tracker.log_params({"evaluate": as_dict(cfg)})
         tracker.log_metrics({k: v for k, v in res.summary.items() if k != "sentences"})
-        for name in ("eval.json", "eval_details.json", "errors.jsonl", "intent_confusion.png"):
+        for name in ("eval.json", "eval_details.json", "errors.jsonl", "errors.html", "intent_confusion.png",
+                     "slot_f1.png"):
             tracker.log_artifact(out / name, "evaluation")
         for f in ("dvc.lock", "params.yaml"):
             tracker.log_artifact(Path(f))

@@ -4,7 +4,8 @@
 stdin) streams: it reads --batch-size texts, predicts and writes them as JSON Lines, then reads on, so
 memory stays flat however long the input. Output goes to stdout (flushed after each batch) or to
 --output, which appears only once the whole input was predicted (a failed or killed run leaves the
-previous file, if any, untouched). The first bad input line stops the run with one error naming it;
+previous file, if any, untouched). `--html FILE` also writes the predictions as a displaCy page, once
+all were predicted. The first bad input line stops the run with one error naming it;
 on stdout, the predictions of the batches before it have been written.
 """
 
@@ -51,8 +52,10 @@ def predict_chunk(predictor, chunk, name: str, batch_size: int) -> list[dict]:
         raise DataError(e.reason, name, chunk[e.line - 1].line) from e
 
 
-def predict_stream(predictor, texts, name: str, batch_size: int, out: TextIO, progress) -> int:
-    """Predict `texts` chunk by chunk, writing each chunk's JSON Lines to `out` at once; returns the count."""
+def predict_stream(predictor, texts, name: str, batch_size: int, out: TextIO, progress,
+                   keep: list | None = None) -> int:
+    """Predict `texts` chunk by chunk, writing each chunk's JSON Lines to `out` at once; returns the count.
+    Predictions are also appended to `keep` when given (--html)."""
     from twinhead.inputs import batched
 
     n = 0
@@ -60,12 +63,14 @@ def predict_stream(predictor, texts, name: str, batch_size: int, out: TextIO, pr
         preds = predict_chunk(predictor, chunk, name, batch_size)
         out.write("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
         out.flush()  # a reader of stdout gets each chunk now, not when the buffer fills
+        if keep is not None:
+            keep.extend(preds)
         progress(len(chunk))
         n += len(chunk)
     return n
 
 
-def predict_input(args, predictor, texts, name: str) -> None:
+def predict_input(args, predictor, texts, name: str, keep: list | None = None) -> None:
     from tqdm import tqdm
 
     from twinhead import fileio
@@ -75,13 +80,25 @@ def predict_input(args, predictor, texts, name: str) -> None:
             # Written beside the destination and renamed into place only when every input was predicted.
             try:
                 with fileio.atomic_path(args.output) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-                    n = predict_stream(predictor, texts, name, args.batch_size, fh, bar.update)
+                    n = predict_stream(predictor, texts, name, args.batch_size, fh, bar.update, keep)
             except OSError as e:  # input errors are DataErrors: this is creating, writing or renaming the output
                 raise TwinheadError(f"{args.output}: cannot write the predictions: {e.strerror}") from e
         else:
-            n = predict_stream(predictor, texts, name, args.batch_size, sys.stdout, bar.update)
+            n = predict_stream(predictor, texts, name, args.batch_size, sys.stdout, bar.update, keep)
     if args.output:
         print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
+
+
+def write_html(path: str, preds: list[dict]) -> None:
+    """The predictions as a displaCy page, in place only once complete."""
+    from twinhead import fileio
+    from twinhead.render import predictions_html
+
+    try:
+        fileio.write_text(path, predictions_html(preds))
+    except OSError as e:
+        raise TwinheadError(f"--html {path}: cannot write the page: {e.strerror}") from e
+    print(f"wrote {len(preds)} predictions as HTML to {path}", file=sys.stderr)
 
 
 def cmd_predict(args) -> int:
@@ -94,6 +111,8 @@ def cmd_predict(args) -> int:
                             "predictions of texts given as arguments are printed")
     if args.output and os.path.isdir(args.output):
         raise TwinheadError(f"--output {args.output}: is a folder; give a file name")
+    if args.html and os.path.isdir(args.html):
+        raise TwinheadError(f"--html {args.html}: is a folder; give a file name")
     check_device(args.device)
     # Imported only now: the argument errors above come at once, without loading torch and spaCy.
     from twinhead.inputs import open_texts, source_name
@@ -108,10 +127,13 @@ def cmd_predict(args) -> int:
             for p in preds:
                 print(json.dumps(p, ensure_ascii=False))
     else:
+        preds = [] if args.html else None
         # The input is opened first (a missing file fails fast), the bundle loaded before reading from it.
         with open_texts(args.input, args.format) as texts:
             predictor = Predictor(args.bundle, args.device)
-            predict_input(args, predictor, texts, source_name(args.input))
+            predict_input(args, predictor, texts, source_name(args.input), preds)
+    if args.html:
+        write_html(args.html, preds)
     st = predictor.stats
     if st.truncated or st.windowed:
         print(f"note: {st.windowed} input(s) split into windows, {st.truncated} truncated "
@@ -149,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", metavar="FILE",
                    help="write the JSONL predictions here, in place only once all input was predicted "
                         "(default: stdout, written as each batch is done)")
+    p.add_argument("--html", metavar="FILE",
+                   help="also write the predictions as an HTML page (displaCy: entities highlighted, intent and "
+                        "probability above each text); holds every prediction in memory until written")
     p.add_argument("--bundle", "-m", default="models/export", help="exported bundle (default: models/export)")
     p.add_argument("--batch-size", type=positive_int, default=256,
                    help="texts read, predicted and written at a time (default: 256)")

@@ -4,15 +4,14 @@ paths), per-class details, errors, intent confusion."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 
-from twinhead import fileio
 from twinhead.inference import predict_mapped
 from twinhead.metrics import label_scores, span_scores, summary
 from twinhead.params import PosInt, section
+from twinhead.plots import confusion_png  # noqa: F401  (drawn in twinhead.plots; callers import it from here)
 from twinhead.text import char_spans
 
 
@@ -107,32 +106,3 @@ def evaluate(predictor, df: pd.DataFrame, batch_size: int = 256, progress=None) 
     confusion = [{"actual": g, "predicted": p} for g, p in zip(gold_intents, pred_intents)]
     return EvalResult(head, details, errors, confusion)
 
-
-def confusion_png(records: list[dict], path: str | Path, title: str = "intent confusion (test)") -> None:
-    """The intent confusion matrix as a PNG (rows: actual, columns: predicted)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import confusion_matrix
-
-    labels = sorted({r["actual"] for r in records} | {r["predicted"] for r in records})
-    cm = confusion_matrix([r["actual"] for r in records], [r["predicted"] for r in records], labels=labels)
-    size = max(5.0, 0.45 * len(labels) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=8)
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    ax.set_title(title)
-    vmax = cm.max() if cm.size else 0
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if cm[i, j] > vmax / 2 else "black")
-    fig.tight_layout()
-    with fileio.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
