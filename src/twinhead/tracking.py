@@ -51,8 +51,15 @@ class MlflowConfig:
 CANDIDATE = "candidate"
 GATE_TAG = "candidate_gate"  # on a version: "passed" or "failed: <why>"
 DATASET_TAG = "dataset_digest"  # on a version: the raw data's DVC md5 (or md5 of its files)
-# MLflow 3's UI opens an experiment on this kind's view, the runs table, instead of the GenAI traces overview.
+# The experiment kind MLflow 3's UI labels "Machine learning" (vs "genai_development"). MLflow 3.17's UI picks an
+# experiment's first view from its global GenAI / Model training switch (default GenAI) rather than this tag:
+# experiment_page() names the runs view explicitly.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def experiment_page(ui: str, experiment_id: str) -> str:
+    """The URL of an experiment's training-runs table in an `mlflow ui` / `mlflow server` at `ui`."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 RETRIES = 8  # SQLite allows one writer at a time: parallel queue workers retry "database is locked"
