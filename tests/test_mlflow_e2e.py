@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import env_with_venv, free_port, make_tiny_repo, run, set_params, stop, wait_http
+from tests.conftest import env_with_venv, free_port, make_tiny_repo, run, stop, wait_http
 from twinhead.tracking import champion_alias
 
 pytestmark = pytest.mark.e2e
