@@ -122,7 +122,7 @@ def test_registered_model_loads_and_predicts_like_the_cli(exp_repo):
     assert {v.tags["dataset_digest"] for v in versions} == {digest}
     scores = {int(v.version): client.get_run(v.run_id).data.metrics["sentence_accuracy"] for v in versions}
     best = min(scores, key=lambda v: (-scores[v], v))
-    assert client.get_model_version_by_alias("twinhead-joint", champion_alias(digest)).version == str(best)
+    assert int(client.get_model_version_by_alias("twinhead-joint", champion_alias(digest)).version) == best
     # The workspace holds the last workspace experiment's bundle; compare with that run's version.
     last_run = runs_by_name(client)["exp-h24"]
     version = next(v for v in versions if v.run_id == last_run.info.run_id)
