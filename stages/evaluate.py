@@ -58,7 +58,11 @@ def main() -> int:
     tracker = Tracker.resume(args.run_file)
     if p["mlflow"].enabled:
         tracker.log_params({"evaluate": as_dict(cfg)})
-        tracker.log_metrics({k: v for k, v in res.summary.items() if k != "sentences"})
+        scores = {k: v for k, v in res.summary.items() if k != "sentences"}
+        dataset = fileio.read_json(Path(args.processed) / "meta.json")["dataset"]
+        tracker.log_input(df, dataset, "evaluation", cfg.split)
+        tracker.log_model_metrics(scores, df, dataset, cfg.split)
+        tracker.promote(p["mlflow"], scores, dataset)
         for name in ("eval.json", "eval_details.json", "errors.jsonl", "errors.html", "intent_confusion.png",
                      "slot_f1.png"):
             tracker.log_artifact(out / name, "evaluation")

@@ -57,8 +57,7 @@ def main() -> int:
     tracker.set_tags(run_tags(device))
     # The params that produced this run's inputs (recorded upstream) and this stage's own.
     tracker.log_params({**meta["params"], **vocab_meta["params"], **as_dict(p)})
-    ds = meta["dataset"]
-    tracker.log_dataset(ds["name"], ds["path"], ds["digest"])
+    tracker.log_input(train_df, meta["dataset"], "training")
 
     print(f"training on {device}: {len(train_df)} train / {len(dev_df)} dev sentences", flush=True)
     res = train(train_df, dev_df, vocabs, mcfg, tcfg, p["base"].seed, state_path=args.state,

@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 
 from tests.conftest import env_with_venv, free_port, make_tiny_repo, run, stop, wait_http
+from twinhead.tracking import champion_alias
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +36,9 @@ def predict_cli(repo, texts, env) -> list[dict]:
 @pytest.fixture(scope="module")
 def exp_repo(tmp_path_factory):
     """Two `dvc exp run -S ...` in the workspace, then two queued ones run by two workers."""
-    repo = make_tiny_repo(tmp_path_factory.mktemp("exps") / "repo")
+    # Tiny models miss the default thresholds: let every version through the gate, so aliases move.
+    repo = make_tiny_repo(tmp_path_factory.mktemp("exps") / "repo",
+                          {"mlflow": {"candidate_min": {"intent_accuracy": 0.0}}})
     env = env_with_venv()
     evals = {}
     for name, hidden in (("exp-h16", 16), ("exp-h24", 24)):
@@ -71,8 +74,10 @@ def test_each_experiment_is_one_mlflow_run_matching_its_metrics(exp_repo):
                 assert r.data.metrics[k] == pytest.approx(v), k
         hist = client.get_metric_history(r.info.run_id, "dev_slot_f1")
         assert [m.step for m in hist] == [1]
-        ds = r.inputs.dataset_inputs[0].dataset
-        assert ds.name == "tiny" and ds.digest
+        inputs = {i.dataset.name: i for i in r.inputs.dataset_inputs}
+        assert inputs["tiny"].dataset.digest == inputs["tiny-test"].dataset.digest  # the raw data's md5
+        assert r.data.tags["mlflow.source.name"] == "stages/train.py"
+        assert r.data.tags["mlflow.source.git.commit"] == run(["git", "rev-parse", "HEAD"], repo, env).stdout.strip()
         arts = {a.path for a in client.list_artifacts(r.info.run_id, "evaluation")}
         assert {"evaluation/eval.json", "evaluation/errors.jsonl", "evaluation/intent_confusion.png"} <= arts
         assert r.info.status == "FINISHED"
@@ -111,7 +116,13 @@ def test_registered_model_loads_and_predicts_like_the_cli(exp_repo):
     client = client_for(uri)
     mv = client.get_model_version_by_alias("twinhead-joint", "candidate")
     versions = client.search_model_versions("name='twinhead-joint'")
-    assert int(mv.version) == max(int(v.version) for v in versions)
+    assert int(mv.version) == max(int(v.version) for v in versions)  # all passed: the newest
+    # The champion is the version with the best test sentence_accuracy (a tie keeps the older).
+    digest = versions[0].tags["dataset_digest"]
+    assert {v.tags["dataset_digest"] for v in versions} == {digest}
+    scores = {int(v.version): client.get_run(v.run_id).data.metrics["sentence_accuracy"] for v in versions}
+    best = min(scores, key=lambda v: (-scores[v], v))
+    assert int(client.get_model_version_by_alias("twinhead-joint", champion_alias(digest)).version) == best
     # The workspace holds the last workspace experiment's bundle; compare with that run's version.
     last_run = runs_by_name(client)["exp-h24"]
     version = next(v for v in versions if v.run_id == last_run.info.run_id)
@@ -161,7 +172,7 @@ def test_mlflow_models_serve_answers_invocations(exp_repo, tmp_path):
 
 def test_tracking_server_receives_the_run(tiny_repo, mlflow_server):
     env = env_with_venv(MLFLOW_TRACKING_URI=mlflow_server)
-    run(["dvc", "repro"], tiny_repo, env)
+    out = run(["dvc", "repro"], tiny_repo, env).stdout
     client = client_for(mlflow_server)
     exp = client.get_experiment_by_name("twinhead")
     (r,) = client.search_runs([exp.experiment_id])
@@ -171,8 +182,11 @@ def test_tracking_server_receives_the_run(tiny_repo, mlflow_server):
     assert r.data.params["evaluate.split"] == "test"
     run_file = json.loads((tiny_repo / "models/mlflow_run.json").read_text())
     assert run_file["run_id"] == r.info.run_id and run_file["tracking_uri"] == mlflow_server
-    mv = client.get_model_version_by_alias("twinhead-joint", "candidate")
-    assert mv.run_id == r.info.run_id
+    # Two epochs on 240 sentences miss params.yaml's thresholds: registered, tagged, not promoted.
+    (mv,) = client.search_model_versions("name='twinhead-joint'")
+    assert mv.run_id == r.info.run_id and mv.tags["candidate_gate"].startswith("failed: ")
+    assert "version 1 of twinhead-joint not promoted to 'candidate'" in out
+    assert client.get_registered_model("twinhead-joint").aliases == {}
     assert not (tiny_repo / "mlflow.db").exists()  # MLFLOW_TRACKING_URI overrides the embedded store
 
 

@@ -7,21 +7,35 @@ when DVC runs the stage (also in `dvc exp run --temp/--queue`, whose working cop
 
 Tracking never breaks the pipeline: if the store cannot be reached, the stage prints one warning
 saying what was not logged and carries on writing its DVC outputs.
+
+Registry aliases (set by evaluate, once the test metrics are linked to the logged model):
+- `candidate`: the newest version whose test metrics reach every threshold of mlflow.candidate_min;
+  a version that misses one keeps no alias, and evaluate prints why.
+- `champion-<dataset>`: per dataset (the first 12 characters of its DVC md5, the same in every copy of
+  the repo), the passing version with the highest mlflow.champion_metric; a tie keeps the older one.
+Both are recomputed from the versions' tags and their models' metrics, so parallel workers converge.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import subprocess
 import sys
 import time
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from twinhead import fileio
 from twinhead.params import Name, flatten, section
+
+Score = Annotated[float, Field(ge=0, le=1)]
+CANDIDATE_MIN = {"intent_accuracy": 0.9, "slot_f1": 0.8, "sentence_accuracy": 0.6}
 
 
 @section
@@ -29,6 +43,23 @@ class MlflowConfig:
     enabled: bool = True  # false: no MLflow logging at all
     experiment: Name = "twinhead"  # MLflow experiment the runs go to
     registered_model: Name = "twinhead-joint"  # registry name of the exported model
+    # test metric -> least value for the alias `candidate` (names as in metrics/eval.json)
+    candidate_min: dict[Name, Score] = dataclasses.field(default_factory=lambda: dict(CANDIDATE_MIN))
+    champion_metric: Name = "sentence_accuracy"  # test metric (higher is better) that picks champion-<dataset>
+
+
+CANDIDATE = "candidate"
+GATE_TAG = "candidate_gate"  # on a version: "passed" or "failed: <why>"
+DATASET_TAG = "dataset_digest"  # on a version: the raw data's DVC md5 (or md5 of its files)
+# The experiment kind MLflow 3's UI labels "Machine learning" (vs "genai_development"). MLflow 3.17's UI picks an
+# experiment's first view from its global GenAI / Model training switch (default GenAI) rather than this tag:
+# experiment_page() names the runs view explicitly.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def experiment_page(ui: str, experiment_id: str) -> str:
+    """The URL of an experiment's training-runs table in an `mlflow ui` / `mlflow server` at `ui`."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 RETRIES = 8  # SQLite allows one writer at a time: parallel queue workers retry "database is locked"
@@ -70,7 +101,7 @@ def run_tags(device: str | None = None) -> dict[str, str]:
             "python_version": sys.version.split()[0]}
     commit = _git("rev-parse", "HEAD")
     if commit:
-        tags["git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
         status = _git("status", "--porcelain", "--untracked-files=no")
         tags["git_dirty"] = str(bool(status)).lower()
     if os.environ.get("DVC_EXP_NAME"):
@@ -78,6 +109,104 @@ def run_tags(device: str | None = None) -> dict[str, str]:
     if device:
         tags["device"] = device
     return tags
+
+
+def experiment_id(client, name: str, uri: str) -> str:
+    """The experiment's id, created if missing; either way tagged as custom model development."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            kwargs = {"artifact_location": artifact_location()} if uri.startswith("sqlite:") else {}
+            return client.create_experiment(name, tags=EXPERIMENT_KIND, **kwargs)
+        except Exception:
+            exp = client.get_experiment_by_name(name)  # a parallel worker made it
+            if exp is None:
+                raise
+    for key, value in EXPERIMENT_KIND.items():
+        if key not in exp.tags:  # experiments made before this tag existed; a kind set by hand is kept
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
+
+
+def pandas_dataset(frame, dataset: dict, split: str | None = None):
+    """An MLflow dataset of a processed frame, named after the raw data (and the split, when it is one split
+    of it: MLflow keeps one dataset per name and digest), with the raw data's digest and path as source."""
+    import mlflow
+
+    src = Path(dataset["path"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "source can be interpreted in multiple ways": both are local files
+        return mlflow.data.from_pandas(frame, source=str(src.resolve()) if src.exists() else dataset["path"],
+                                       name=f"{dataset['name']}-{split}" if split else dataset["name"],
+                                       digest=dataset["digest"])
+
+
+def run_model_id(client, run_id: str) -> str | None:
+    """The id of the (last) model the run logged."""
+    outputs = client.get_run(run_id).outputs
+    models = outputs.model_outputs if outputs else []
+    return models[-1].model_id if models else None
+
+
+def gate_failures(metrics: dict[str, float], minimum: dict[str, float]) -> list[str]:
+    """Why `metrics` miss the thresholds, one phrase per metric; empty when every threshold is reached."""
+    out = []
+    for key, least in sorted(minimum.items()):
+        value = metrics.get(key)
+        if value is None:
+            out.append(f"{key} was not measured (measured: {', '.join(sorted(metrics))})")
+        elif value < least:
+            out.append(f"{key} {value:.4f} < {least:g}")
+    return out
+
+
+def champion_alias(digest: str) -> str:
+    return "champion-" + re.sub(r"[^0-9A-Za-z]", "", digest)[:12]
+
+
+def model_metrics(client, version) -> dict[str, float]:
+    """The test metrics logged on a version's model (the newest value of each)."""
+    model_id = getattr(version, "model_id", None) or run_model_id(client, version.run_id)
+    if not model_id:
+        return {}
+    latest = {}
+    for m in sorted(client.get_logged_model(model_id).metrics or [], key=lambda m: m.timestamp):
+        latest[m.key] = m.value
+    return latest
+
+
+def settle_aliases(client, name: str, metric: str | None, digest: str | None) -> list[str]:
+    """Point `candidate` at the newest passing version and, given a dataset digest, champion-<digest> at the
+    passing version of that dataset with the highest `metric`; returns what now holds each alias."""
+    versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    passing = [v for v in versions if v.tags.get(GATE_TAG) == "passed"]
+    lines = []
+    aliases = client.get_registered_model(name).aliases  # alias -> version
+    if passing:
+        newest = passing[-1].version
+        if aliases.get(CANDIDATE) != newest:
+            client.set_registered_model_alias(name, CANDIDATE, newest)
+        lines.append(f"'{CANDIDATE}' is version {newest} of {name}")
+    elif CANDIDATE in aliases:
+        client.delete_registered_model_alias(name, CANDIDATE)
+    if digest is None or metric is None:
+        return lines
+    alias = champion_alias(digest)
+    best, best_value = None, None
+    for v in passing:  # oldest first: a later version must be strictly better to take the title
+        if v.tags.get(DATASET_TAG) != digest:
+            continue
+        value = model_metrics(client, v).get(metric)
+        if value is not None and (best_value is None or value > best_value):
+            best, best_value = v, value
+    if best is None:
+        lines.append(f"no passing version of {name} on this dataset: no '{alias}'")
+        return lines
+    if aliases.get(alias) != best.version:
+        client.set_registered_model_alias(name, alias, best.version)
+    lines.append(f"'{alias}' (dataset {best.tags.get('dataset_name', digest)}) is version {best.version}, "
+                 f"{metric} {best_value:.4f}")
+    return lines
 
 
 class Tracker:
@@ -110,21 +239,11 @@ class Tracker:
             import mlflow
 
             mlflow.set_tracking_uri(uri)
-            exp = mlflow.get_experiment_by_name(cfg.experiment)
-            if exp is None:
-                try:
-                    kwargs = {"artifact_location": artifact_location()} if uri.startswith("sqlite:") else {}
-                    exp_id = mlflow.create_experiment(cfg.experiment, **kwargs)
-                except Exception:
-                    exp = mlflow.get_experiment_by_name(cfg.experiment)  # a parallel worker made it
-                    if exp is None:
-                        raise
-                    exp_id = exp.experiment_id
-            else:
-                exp_id = exp.experiment_id
             client = mlflow.MlflowClient(uri)
+            exp_id = experiment_id(client, cfg.experiment, uri)
             name = os.environ.get("DVC_EXP_NAME") or None
-            run = client.create_run(exp_id, run_name=name, tags={"mlflow.source.name": stage})
+            run = client.create_run(exp_id, run_name=name, tags={"mlflow.source.name": f"stages/{stage}.py",
+                                                                 "mlflow.source.type": "LOCAL"})
             return run.info.run_id
 
         t.run_id = t._retry(_start, "nothing of this run (params, metrics, artifacts, model)")
@@ -191,23 +310,76 @@ class Tracker:
             return
         self.call(lambda c: c.log_artifact(self.run_id, str(path), artifact_path), f"artifact {path}")
 
-    def log_dataset(self, name: str, source: str, digest: str, context: str = "training") -> None:
+    def log_input(self, frame, dataset: dict, context: str, split: str | None = None) -> None:
+        """The processed `frame` as a run input, named and digested as its raw data (`dataset`: preprocess's
+        name, path, digest); `split` names an evaluation split apart from the training data."""
+
         def _log(c):
-            from mlflow.data.dataset_source_registry import resolve_dataset_source
-            from mlflow.data.meta_dataset import MetaDataset
-            from mlflow.entities import DatasetInput, InputTag
+            import mlflow
 
-            src = Path(source)
-            uri = src.resolve().as_uri() if src.exists() else source
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = MetaDataset(resolve_dataset_source(uri), name=name, digest=digest)
-            c.log_inputs(self.run_id, [DatasetInput(ds._to_mlflow_entity(),
-                                                    [InputTag("mlflow.data.context", context)])])
+            self._in_run(c, lambda: mlflow.log_input(pandas_dataset(frame, dataset, split), context=context))
 
-        self.call(_log, "the dataset input")
+        self.call(_log, f"the {context} dataset input")
+
+    def log_model_metrics(self, metrics: dict[str, float], frame, dataset: dict, split: str) -> str | None:
+        """Test metrics on the run and on the model it logged (MLflow 3 logged-model metrics, linked to the
+        evaluation dataset); returns that model's id (None: the run logged no model)."""
+
+        def _log(c):
+            import mlflow
+
+            model_id = run_model_id(c, self.run_id)
+            numbers = {k: float(v) for k, v in metrics.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            mlflow.set_tracking_uri(self.uri)
+            mlflow.log_metrics(numbers, run_id=self.run_id, model_id=model_id,
+                               dataset=pandas_dataset(frame, dataset, split))
+            return model_id
+
+        return self.call(_log, "the test metrics")
+
+    def promote(self, cfg: MlflowConfig, metrics: dict[str, float], dataset: dict) -> None:
+        """Gate this run's registered version and move `candidate` and `champion-<dataset>` (see the top)."""
+
+        def _promote(c):
+            mine = [v for v in c.search_model_versions(f"run_id='{self.run_id}'") if v.name == cfg.registered_model]
+            if not mine:
+                print(f"MLflow: no version of {cfg.registered_model} was registered by run {self.run_id}: "
+                      "nothing to promote", flush=True)
+                return
+            version = max(mine, key=lambda v: int(v.version))
+            failures = gate_failures(metrics, dict(cfg.candidate_min))
+            c.set_model_version_tag(cfg.registered_model, version.version, DATASET_TAG, dataset["digest"])
+            c.set_model_version_tag(cfg.registered_model, version.version, "dataset_name", dataset["name"])
+            c.set_model_version_tag(cfg.registered_model, version.version, GATE_TAG,
+                                    "failed: " + "; ".join(failures) if failures else "passed")
+            label = f"version {version.version} of {cfg.registered_model}"
+            if failures:
+                print(f"MLflow: {label} not promoted to '{CANDIDATE}': {'; '.join(failures)} "
+                      "(thresholds: mlflow.candidate_min)", flush=True)
+            for line in settle_aliases(c, cfg.registered_model, cfg.champion_metric, dataset["digest"]):
+                print(f"MLflow: {line}", flush=True)
+
+        self.call(_promote, "the registry aliases")
+
+    def settle_candidate(self, registered_model: str) -> None:
+        """Put `candidate` back on the newest version that passed its gate (after a registration)."""
+        self.call(lambda c: settle_aliases(c, registered_model, None, None), "the registry aliases")
 
     # -- plumbing --------------------------------------------------------------------------------
+    def _in_run(self, client, fn):
+        """fn() with this run active for MLflow's fluent API, which ends the runs it resumes: the run
+        keeps the status it had (train's run stays RUNNING for export and evaluate)."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        status = client.get_run(self.run_id).info.status
+        mlflow.start_run(run_id=self.run_id, log_system_metrics=False)
+        try:
+            return fn()
+        finally:
+            mlflow.end_run(status=status)
+
     def _probe(self) -> str | None:
         """Why the store cannot be used, checked quickly before anything is logged; None if fine."""
         uri = self.uri or ""
