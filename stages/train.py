@@ -23,7 +23,7 @@ import pandas as pd
 from twinhead import fileio
 from twinhead.checkpoint import build_model, save_checkpoint
 from twinhead.model import ModelConfig
-from twinhead.params import BaseConfig, as_dict, load_config
+from twinhead.params import BaseConfig, as_dict, flatten, load_config
 from twinhead.preprocess import load_split
 from twinhead.text import TextPipeline
 from twinhead.tracking import MlflowConfig, Tracker, run_tags
@@ -56,7 +56,9 @@ def main() -> int:
     tracker.write_run_file(args.run_file)
     tracker.set_tags(run_tags(device))
     # The params that produced this run's inputs (recorded upstream) and this stage's own.
-    tracker.log_params({**meta["params"], **vocab_meta["params"], **as_dict(p)})
+    params = {**meta["params"], **vocab_meta["params"], **as_dict(p)}
+    tracker.log_params(params)
+    tracker.join_cross_validation(flatten(params))  # a fold of benchmarks/cv.py: under its parent run
     tracker.log_input(train_df, meta["dataset"], "training")
 
     print(f"training on {device}: {len(train_df)} train / {len(dev_df)} dev sentences", flush=True)

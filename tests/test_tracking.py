@@ -196,3 +196,32 @@ def test_source_commit_is_the_checkout_head(cfg, monkeypatch):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     tags = run_tags("cpu")
     assert tags["mlflow.source.git.commit"] == head and "git_commit" not in tags
+
+
+def test_cross_validation_folds_share_one_parent_run(cfg):
+    """benchmarks/cv.py's folds (params equal but data.cv_fold) are children of one parent run; another k or
+    another param is another cross-validation; a run outside cross-validation has no parent."""
+    base = {"data.path": "data/raw/snips", "data.cv_folds": 3, "train.lr": 0.003, "base.seed": 42}
+    runs = []
+    for params in ({**base, "data.cv_fold": 0}, {**base, "data.cv_fold": 1}, {**base, "data.cv_fold": 2},
+                   {**base, "data.cv_folds": 5, "data.cv_fold": 0}, {**base, "data.cv_fold": 0, "train.lr": 0.01},
+                   {**base, "data.cv_folds": 0}):
+        t = Tracker.start(cfg, "train")
+        parent = t.join_cross_validation(params)
+        t.finish()
+        runs.append((t.run_id, parent))
+    c = client(cfg_uri(cfg))
+    parents = [c.get_run(r).data.tags.get("mlflow.parentRunId") for r, _ in runs]
+    assert parents[:3] == [runs[0][1]] * 3 and parents[0] is not None
+    assert len({parents[0], parents[3], parents[4]}) == 3 and parents[5] is None and runs[5][1] is None
+    p = c.get_run(parents[0])
+    assert p.info.run_name == "cv-snips-k3" and p.data.params["train.lr"] == "0.003"
+    assert "data.cv_fold" not in p.data.params
+    children = c.search_runs([p.info.experiment_id], f"tags.mlflow.parentRunId = '{parents[0]}'")
+    assert sorted(r.info.run_id for r in children) == sorted(r for r, _ in runs[:3])
+
+
+def cfg_uri(cfg: MlflowConfig) -> str:
+    import os
+
+    return os.environ["MLFLOW_TRACKING_URI"]

@@ -19,6 +19,8 @@ Both are recomputed from the versions' tags and their models' metrics, so parall
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import re
 import subprocess
@@ -304,6 +306,37 @@ class Tracker:
             c.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
         self.call(_log, "tags")
+
+    def join_cross_validation(self, params: dict[str, Any]) -> str | None:
+        """Make this run a child of its cross-validation's parent run (created by the first fold to get
+        here): the folds of one cross-validation are the runs whose flattened params differ only in
+        data.cv_fold. Does nothing outside cross-validation (data.cv_folds 0). Returns the parent's id."""
+        folds = params.get("data.cv_folds") or 0
+        if not folds:
+            return None
+        rest = {k: v for k, v in sorted(params.items()) if k != "data.cv_fold"}
+        group = hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        name = f"cv-{Path(str(params.get('data.path', 'data'))).name}-k{folds}"
+
+        def _join(c):
+            exp_id = c.get_run(self.run_id).info.experiment_id
+            from mlflow.entities import Param
+
+            found = c.search_runs([exp_id], filter_string=f"tags.twinhead_cv_parent = '{group}'", max_results=1,
+                                  order_by=["attributes.start_time ASC"])
+            if found:
+                parent = found[0].info.run_id
+            else:
+                run = c.create_run(exp_id, run_name=name, tags={"twinhead_cv_parent": group,
+                                                                "twinhead_cv_folds": str(folds)})
+                parent = run.info.run_id
+                c.log_batch(parent, params=[Param(k, str(v)[:6000]) for k, v in rest.items()])
+                c.set_terminated(parent)
+            c.set_tag(self.run_id, "mlflow.parentRunId", parent)
+            c.set_tag(self.run_id, "twinhead_cv_group", group)
+            return parent
+
+        return self.call(_join, "the cross-validation parent run")
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if not Path(path).exists():
