@@ -6,7 +6,8 @@ character spans (the raw_* keys of eval.json). The numbers are those `twinhead p
 Inputs:  BUNDLE, PROCESSED/<split>.parquet, RUN_FILE (the MLflow run train opened).
 Outputs: OUT/eval.json (summary: DVC metrics), OUT/eval_details.json (per-intent and per-slot-type
          P/R/F1), OUT/errors.jsonl (every wrong sentence), OUT/intent_confusion.json (records of
-         actual/predicted, DVC confusion plot), OUT/intent_confusion.png.
+         actual/predicted, DVC confusion plot), OUT/intent_confusion.png, OUT/intent_reliability.png
+         (accuracy per confidence bin of the bundle's intent probabilities; ECE in eval.json).
 Params:  evaluate, mlflow.
 """
 
@@ -22,6 +23,7 @@ from twinhead.errors import check_environment, run_main  # pure Python: importab
 check_environment()
 
 from twinhead import fileio
+from twinhead.calibration import reliability_png
 from twinhead.evaluate import EvaluateConfig, confusion_png, evaluate
 from twinhead.params import as_dict, load_config
 from twinhead.predictor import Predictor
@@ -49,6 +51,8 @@ def main() -> int:
     fileio.write_jsonl(out / "errors.jsonl", res.errors)
     fileio.write_json(out / "intent_confusion.json", res.confusion, indent=None)
     confusion_png(res.confusion, out / "intent_confusion.png", f"intent confusion ({cfg.split})")
+    reliability_png(res.confidence, res.intent_right, out / "intent_reliability.png",
+                    f"intent reliability ({cfg.split})")
 
     tracker = Tracker.resume(args.run_file)
     if p["mlflow"].enabled:
@@ -56,6 +60,7 @@ def main() -> int:
         tracker.log_metrics({k: v for k, v in res.summary.items() if k != "sentences"})
         for name in ("eval.json", "eval_details.json", "errors.jsonl", "intent_confusion.png"):
             tracker.log_artifact(out / name, "evaluation")
+        tracker.log_artifact(out / "intent_reliability.png", "evaluation")
         for f in ("dvc.lock", "params.yaml"):
             tracker.log_artifact(Path(f))
         tracker.finish()
