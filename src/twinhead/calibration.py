@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 N_BINS = 15
-T_BOUNDS = (0.01, 100.0)  # the search range of T: far beyond any useful value, so it only guards degenerate data
+T_BOUNDS = (0.01, 100.0)  # the search range of T: far beyond any useful value
 
 
 @dataclass
@@ -80,9 +80,9 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
 def fit_temperature(logits, labels) -> float:
     """The T > 0 minimising the NLL of softmax(logits / T) on (logits (N, L), label ids (N,)).
 
-    A bounded 1-D search on log T (the NLL is smooth and has one minimum in log T when it has one at all);
-    when every prediction is right the NLL keeps falling as T -> 0, and the search stops at T_BOUNDS.
-    Returns 1.0 for no data.
+    A bounded 1-D search on log T (the NLL is smooth and has one minimum in log T when it has one at all).
+    Returns 1.0 for no data, and when every argmax is right: the NLL then keeps falling as T -> 0, and a
+    "fitted" T near 0 would report probability 1 for everything, whatever the unseen data holds.
     """
     from scipy.optimize import minimize_scalar
 
@@ -90,7 +90,7 @@ def fit_temperature(logits, labels) -> float:
     labels = np.asarray(labels, dtype=np.int64)
     if logits.ndim != 2 or labels.shape != (logits.shape[0],):
         raise ValueError(f"logits must be (N, L) and labels (N,), got {logits.shape} and {labels.shape}")
-    if not len(labels):
+    if not len(labels) or (logits.argmax(1) == labels).all():
         return 1.0
     lo, hi = np.log(T_BOUNDS[0]), np.log(T_BOUNDS[1])
     res = minimize_scalar(lambda log_t: nll(logits, labels, float(np.exp(log_t))), bounds=(lo, hi),
