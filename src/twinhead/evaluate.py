@@ -38,12 +38,17 @@ def _spans(text: str, spans) -> list[dict]:
     return [{"text": text[s:e], "label": t, "start": s, "end": e} for s, e, t in spans]
 
 
+def _sig(x: float) -> float:
+    """4 significant digits: a long entity's confidence can be far below 1e-4 and still tell something."""
+    return float(f"{x:.4g}")
+
+
 def _pred_spans(text: str, toks: list[str], offs: list[int], tags: list[str], tag_probs) -> list[dict]:
     """Predicted entities as Predictor.predict gives them: with their confidence."""
     out = []
     for s, e, t, conf in span_confidences(tags, tag_probs):
         start, end = offs[s], offs[e - 1] + len(toks[e - 1])
-        out.append({"text": text[start:end], "label": t, "start": start, "end": end, "confidence": round(conf, 4)})
+        out.append({"text": text[start:end], "label": t, "start": start, "end": end, "confidence": _sig(conf)})
     return out
 
 
@@ -138,7 +143,7 @@ def evaluate(predictor, df: pd.DataFrame, batch_size: int = 256, progress=None, 
             "gold_intent": gi,
             "pred_intent": pi,
             "pred_probability": round(calib_conf[k], 4),
-            "pred_top_intents": [{**t, "probability": round(t["probability"], 4)} for t in tops[k]],
+            "pred_top_intents": [{**t, "probability": _sig(t["probability"])} for t in tops[k]],
             "intent_wrong": gi != pi,
             "gold_spans": _spans(text, char_spans(toks, offs, gt)),
             "pred_spans": _pred_spans(text, toks, offs, pt, tp),
