@@ -7,7 +7,8 @@ Inputs:  BUNDLE, PROCESSED/<split>.parquet, RUN_FILE (the MLflow run train opene
 Outputs: OUT/eval.json (summary: DVC metrics), OUT/eval_details.json (per-intent and per-slot-type
          P/R/F1), OUT/errors.jsonl (every wrong sentence), OUT/errors.html (those sentences as a displaCy
          page, gold over predicted), OUT/intent_confusion.json (records of actual/predicted, DVC confusion
-         plot), OUT/intent_confusion.png, OUT/slot_f1.png (F1 per slot type).
+         plot), OUT/intent_confusion.png, OUT/slot_f1.png (F1 per slot type), OUT/intent_reliability.png
+         (accuracy per confidence bin of the bundle's intent probabilities; ECE in eval.json).
 Params:  evaluate, mlflow.
 """
 
@@ -23,6 +24,7 @@ from twinhead.errors import check_environment, run_main  # pure Python: importab
 check_environment()
 
 from twinhead import fileio
+from twinhead.calibration import reliability_png
 from twinhead.evaluate import EvaluateConfig, confusion_png, evaluate
 from twinhead.params import as_dict, load_config
 from twinhead.plots import slot_f1_png
@@ -54,6 +56,8 @@ def main() -> int:
     fileio.write_json(out / "intent_confusion.json", res.confusion, indent=None)
     confusion_png(res.confusion, out / "intent_confusion.png", f"intent confusion ({cfg.split})")
     slot_f1_png(res.details["slot"]["per_type"], out / "slot_f1.png", f"slot F1 per type ({cfg.split})")
+    reliability_png(res.confidence, res.intent_right, out / "intent_reliability.png",
+                    f"intent reliability ({cfg.split})")
 
     tracker = Tracker.resume(args.run_file)
     if p["mlflow"].enabled:
@@ -66,6 +70,7 @@ def main() -> int:
         for name in ("eval.json", "eval_details.json", "errors.jsonl", "errors.html", "intent_confusion.png",
                      "slot_f1.png"):
             tracker.log_artifact(out / name, "evaluation")
+        tracker.log_artifact(out / "intent_reliability.png", "evaluation")
         for f in ("dvc.lock", "params.yaml"):
             tracker.log_artifact(Path(f))
         tracker.finish()

@@ -1,7 +1,8 @@
 """train: processed splits + vocabularies -> the best checkpoint, a per-epoch log, an MLflow run.
 
 Inputs:  PROCESSED/{train,dev}.parquet + meta.json, VOCAB/*.json.
-Outputs: CHECKPOINT (state_dict + model config + vocabularies + preprocessing settings),
+Outputs: CHECKPOINT (state_dict + model config + vocabularies + preprocessing settings + the intent
+         temperature fitted on dev, unless train.calibrate is false),
          LOG (metrics/train_log.csv: one row per epoch), --summary (metrics/train.json), RUN_FILE (the
          MLflow run id for the later stages). The resumable training state lives in --state (not a DVC output).
 Params:  base, model, train, mlflow.
@@ -27,7 +28,7 @@ from twinhead.params import BaseConfig, as_dict, flatten, load_config
 from twinhead.preprocess import load_split
 from twinhead.text import TextPipeline
 from twinhead.tracking import MlflowConfig, Tracker, run_tags
-from twinhead.train import TrainConfig, resolve_device, train
+from twinhead.train import TrainConfig, fit_calibration, resolve_device, train
 from twinhead.vocab import Vocabs
 
 SECTIONS = {"base": BaseConfig, "model": ModelConfig, "train": TrainConfig, "mlflow": MlflowConfig}
@@ -72,24 +73,33 @@ def main() -> int:
               "truncated", flush=True)
     model = build_model(res.model_config.to_dict(), vocabs)
     model.load_state_dict(res.best_state)
+    calibration = {"temperature": 1.0, "fitted_on": None}  # train.calibrate off, or no intent head
+    if tcfg.calibrate and "intent" in tcfg.tasks:
+        calibration = fit_calibration(model, vocabs, dev_df, tcfg.eval_batch_size)
     # The text pipeline's settings travel with the model, so prediction reads text as preprocess did.
     preprocess = {**TextPipeline.from_settings(meta, f"{args.processed}/meta.json").settings(),
                   "remove_stopwords": meta["remove_stopwords"]}
     save_checkpoint(args.checkpoint, model, vocabs, preprocess,
                     {"best_epoch": res.best_epoch, "dev_scores": res.best_scores, "device": res.device,
-                     "tasks": list(tcfg.tasks), "loss_rule": tcfg.loss_rule, "loss_rule_state": res.rule_state})
+                     "tasks": list(tcfg.tasks), "loss_rule": tcfg.loss_rule, "loss_rule_state": res.rule_state,
+                     "calibration": calibration})
     Path(args.state).unlink(missing_ok=True)  # only needed to recover from a crash
     log = pd.DataFrame(res.history)
     log["selected"] = (log["epoch"] == res.best_epoch).astype(int)  # the epoch whose weights were kept
     with fileio.atomic_path(args.log) as tmp:
         log.to_csv(tmp, index=False, float_format="%.6g")
     summary = {"best_epoch": res.best_epoch, "epochs": len(res.history),
+               "intent_temperature": calibration["temperature"],
+               **{k: v for k, v in calibration.items() if k.startswith("dev_intent_ece")},
                **({"vectors_coverage": res.vectors["coverage"], "vectors_found": res.vectors["found"]}
                   if res.vectors else {})}
     fileio.write_json(args.summary, summary)
     tracker.log_metrics({**summary, **{f"best_{k}": v for k, v in res.best_scores.items()}})
     tracker.log_artifact(args.log)
     print(f"best epoch {res.best_epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.best_scores.items()))
+    if calibration["fitted_on"]:
+        print(f"intent temperature {calibration['temperature']:.4f} (fitted on dev): dev intent ECE "
+              f"{calibration['dev_intent_ece_uncalibrated']:.4f} -> {calibration['dev_intent_ece']:.4f}")
     return 0
 
 

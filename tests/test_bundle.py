@@ -45,11 +45,14 @@ def make_model(seed: int = 0, **cfg_kw):
     return model.eval(), vocabs
 
 
-def make_bundle(tmp_path: Path, model=None, vocabs=None) -> tuple[Path, Path]:
+def make_bundle(tmp_path: Path, model=None, vocabs=None, calibration: dict | None = None) -> tuple[Path, Path]:
     if model is None:
         model, vocabs = make_model()
     ckpt = tmp_path / "model.pt"
-    save_checkpoint(ckpt, model, vocabs, PREPROCESS, {"best_epoch": 3, "dev_scores": {"slot_f1": 0.5}})
+    extra = {"best_epoch": 3, "dev_scores": {"slot_f1": 0.5}}
+    if calibration is not None:
+        extra["calibration"] = calibration
+    save_checkpoint(ckpt, model, vocabs, PREPROCESS, extra)
     bundle = tmp_path / "bundle"
     export_bundle(ckpt, bundle)
     return ckpt, bundle
@@ -154,7 +157,8 @@ def test_export_writes_bundle_files(tmp_path):
     names = ["config.json", "manifest.json", "model.safetensors", "vocab.json"]
     assert sorted(p.name for p in bundle.iterdir()) == names
     cfg = json.loads((bundle / "config.json").read_text(encoding="utf-8"))
-    assert cfg["format"] == "twinhead-bundle/2"
+    assert cfg["format"] == "twinhead-bundle/3"
+    assert cfg["calibration"] == {"temperature": 1.0, "fitted_on": None}  # a checkpoint without one
     assert cfg["intents"] == ["GetWeather", "PlayMusic", "SetAlarm"]
     assert cfg["slot_types"] == ["artist", "city", "service", "time"]
     assert cfg["preprocess"] == PREPROCESS
@@ -185,15 +189,21 @@ def test_predictor_entities_index_into_the_text(tmp_path):
     assert [first["tags"][i] for i, t in enumerate(first["tokens"]) if t.lower() in REMOVABLE] == ["O", "O"]
 
 
-def test_predictor_hand_checked_output(tmp_path):
+def hand_set_model(b_artist_bias: float = 5.0):
+    """Every kept word becomes B-artist, the intent logits are (0, 0, 4): SetAlarm."""
     model, vocabs = make_model()
     b_artist = vocabs.tags.itos.index("B-artist")
-    with torch.no_grad():  # every kept word becomes B-artist, the intent is always SetAlarm
+    with torch.no_grad():
         model.tag_head.proj.weight.zero_()
         model.tag_head.proj.bias.zero_()
-        model.tag_head.proj.bias[b_artist] = 5.0
+        model.tag_head.proj.bias[b_artist] = b_artist_bias
         model.intent_head.mlp[-1].weight.zero_()
         model.intent_head.mlp[-1].bias.copy_(torch.tensor([0.0, 0.0, 4.0]))
+    return model, vocabs
+
+
+def test_predictor_hand_checked_output(tmp_path):
+    model, vocabs = hand_set_model()
     _, bundle = make_bundle(tmp_path, model, vocabs)
     text = "  Play  the Beatles\tnow, please"
     (out,) = Predictor(bundle).predict([text])
@@ -201,12 +211,46 @@ def test_predictor_hand_checked_output(tmp_path):
     assert out["tags"] == ["B-artist", "O", "B-artist", "O", "B-artist", "B-artist"]
     assert out["intent"] == "SetAlarm"
     assert out["probability"] == pytest.approx(np.exp(4) / (np.exp(4) + 2))
-    assert out["entities"] == [
-        {"text": "Play", "label": "artist", "start": 2, "end": 6},
-        {"text": "Beatles", "label": "artist", "start": 12, "end": 19},
-        {"text": ",", "label": "artist", "start": 23, "end": 24},
-        {"text": "please", "label": "artist", "start": 25, "end": 31},
+    # the other two intents tie at 1 / (e^4 + 2); ties keep the vocabulary's order
+    assert out["top_intents"] == [
+        {"intent": "SetAlarm", "probability": pytest.approx(np.exp(4) / (np.exp(4) + 2))},
+        {"intent": "GetWeather", "probability": pytest.approx(1 / (np.exp(4) + 2))},
+        {"intent": "PlayMusic", "probability": pytest.approx(1 / (np.exp(4) + 2))},
     ]
+    k = len(vocabs.tags)
+    conf = pytest.approx(np.exp(5) / (np.exp(5) + k - 1))  # one-token entities: the softmax prob of B-artist
+    assert out["entities"] == [
+        {"text": "Play", "label": "artist", "start": 2, "end": 6, "confidence": conf},
+        {"text": "Beatles", "label": "artist", "start": 12, "end": 19, "confidence": conf},
+        {"text": ",", "label": "artist", "start": 23, "end": 24, "confidence": conf},
+        {"text": "please", "label": "artist", "start": 25, "end": 31, "confidence": conf},
+    ]
+
+
+def test_top_k_lists_that_many_intents_at_most(tmp_path):
+    model, vocabs = hand_set_model()
+    _, bundle = make_bundle(tmp_path, model, vocabs)
+    pred = Predictor(bundle)
+    assert [t["intent"] for t in pred.predict(["play"], top_k=1)[0]["top_intents"]] == ["SetAlarm"]
+    assert len(pred.predict(["play"], top_k=10)[0]["top_intents"]) == 3  # there are only three intents
+    with pytest.raises(TwinheadError, match="top_k must be a positive integer, not 0"):
+        pred.predict(["play"], top_k=0)
+
+
+def test_the_bundle_temperature_scales_intent_probabilities_not_decisions(tmp_path):
+    model, vocabs = hand_set_model()
+    _, bundle = make_bundle(tmp_path, model, vocabs, calibration={"temperature": 2.0, "fitted_on": "dev"})
+    pred = Predictor(bundle)
+    assert pred.temperature == 2.0
+    (out,) = pred.predict(["play the beatles"])
+    assert out["intent"] == "SetAlarm"  # the argmax is the same at any temperature
+    # logits (0, 0, 4) / 2 = (0, 0, 2)
+    assert out["probability"] == pytest.approx(np.exp(2) / (np.exp(2) + 2))
+    assert [t["probability"] for t in out["top_intents"]] == pytest.approx(
+        [np.exp(2) / (np.exp(2) + 2), 1 / (np.exp(2) + 2), 1 / (np.exp(2) + 2)])
+    # the tag head is not scaled
+    k = len(vocabs.tags)
+    assert out["entities"][0]["confidence"] == pytest.approx(np.exp(5) / (np.exp(5) + k - 1))
 
 
 def test_predictor_multi_token_entity_offsets(tmp_path):
@@ -221,7 +265,11 @@ def test_predictor_multi_token_entity_offsets(tmp_path):
     text = "wake  me up at 7\tam"
     (out,) = Predictor(bundle).predict([text])
     assert out["tags"] == ["B-time", "I-time", "I-time", "I-time", "I-time", "I-time"]
-    assert out["entities"] == [{"text": "wake  me up at 7\tam", "label": "time", "start": 0, "end": 19}]
+    # confidence: the product of the decoded tags' softmax probabilities, B-time once then I-time five times
+    z = np.exp(3) + np.exp(5) + len(vocabs.tags) - 2
+    conf = np.exp(3) / z * (np.exp(5) / z) ** 5
+    assert out["entities"] == [{"text": "wake  me up at 7\tam", "label": "time", "start": 0, "end": 19,
+                                "confidence": pytest.approx(conf)}]
 
 
 def test_predict_tokens_equals_predict_mapped_through_checkpoint(tmp_path):
@@ -409,7 +457,7 @@ def rewrite_config(bundle: Path, edit) -> Path:
     return path
 
 
-@pytest.mark.parametrize("field", ["format", "model_config", "preprocess", "sizes"])
+@pytest.mark.parametrize("field", ["format", "model_config", "preprocess", "sizes", "calibration"])
 def test_config_missing_a_required_field_is_refused(bundle, field):
     path = rewrite_config(bundle, lambda c: c.pop(field))
     assert refusal(bundle) == f"{path}: missing field {field!r}"
@@ -420,12 +468,28 @@ def test_config_missing_a_required_field_is_refused(bundle, field):
     ("preprocess", "en", "field 'preprocess' must be an object, not str"),
     ("sizes", None, "field 'sizes' must be an object, not NoneType"),
     ("format", 1, "field 'format' must be a string, not int"),
-    ("format", "twinhead-bundle/1", "bundle format 'twinhead-bundle/1', expected 'twinhead-bundle/2'"),
+    ("format", "twinhead-bundle/1", "bundle format 'twinhead-bundle/1', expected 'twinhead-bundle/3'"),
+    ("calibration", 2.0, "field 'calibration' must be an object, not float"),
+    ("calibration", {"temperature": 0}, "field 'calibration.temperature' must be a number > 0, got 0"),
+    ("calibration", {"temperature": -1.5}, "field 'calibration.temperature' must be a number > 0, got -1.5"),
+    ("calibration", {"temperature": "2"}, "field 'calibration.temperature' must be a number > 0, got '2'"),
+    ("calibration", {}, "field 'calibration.temperature' must be a number > 0, got None"),
     ("sizes", {"words": 1}, "field 'sizes' must map words, chars, intents, tags to integers"),
 ])
 def test_config_field_of_the_wrong_type_is_refused(bundle, field, value, message):
     path = rewrite_config(bundle, set_in((field,), value))
     assert refusal(bundle).startswith(f"{path}: {message}")
+
+
+def test_bundle_of_the_previous_format_is_refused_with_advice(bundle):
+    """A /2 bundle (before calibration was recorded) has no 'calibration' field: its format is what is named."""
+    def to_v2(c):
+        c["format"] = "twinhead-bundle/2"
+        c.pop("calibration")
+
+    path = rewrite_config(bundle, to_v2)
+    assert refusal(bundle) == (f"{path}: bundle format 'twinhead-bundle/2', expected 'twinhead-bundle/3'; "
+                               "re-export the model with this version of twinhead")
 
 
 def test_config_not_an_object_is_refused(bundle):

@@ -57,14 +57,23 @@ def rows(out: bytes) -> list[dict]:
     return [json.loads(line) for line in text.split("\n")[:-1]]
 
 
+def approx_floats(obj):
+    """obj with every float wrapped in pytest.approx (nested in lists and dicts)."""
+    if isinstance(obj, float):
+        return pytest.approx(obj, abs=1e-6)
+    if isinstance(obj, dict):
+        return {k: approx_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [approx_floats(v) for v in obj]
+    return obj
+
+
 def assert_predictions(got: list[dict], texts: list[str], expected: dict[str, dict]) -> None:
-    """The rows are the Predictor's predictions of `texts`, in order; the probability may differ in the last
-    bits, as batches of another composition are padded differently."""
+    """The rows are the Predictor's predictions of `texts`, in order; probabilities and confidences may
+    differ in the last bits, as batches of another composition are padded differently."""
     assert [g["text"] for g in got] == texts
     for g in got:
-        want = expected[g["text"]]
-        assert {**g, "probability": 0} == {**want, "probability": 0}
-        assert g["probability"] == pytest.approx(want["probability"], abs=1e-6)
+        assert g == approx_floats(expected[g["text"]])
 
 
 def one_error_line(res: subprocess.CompletedProcess) -> str:
@@ -216,16 +225,48 @@ def test_batch_size_must_be_positive(bundle):
     assert "argument --batch-size: must be a positive integer, not '0'" in res.stderr.decode()
 
 
-def test_every_option_has_help():
+def all_parsers(parser) -> list:
+    """The parser and, recursively, every subcommand's parser."""
+    import argparse
+
+    out = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out.extend(all_parsers(sub))
+    return out
+
+
+def test_every_option_of_every_command_has_help():
     import argparse
 
     from twinhead.cli import build_parser
 
-    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
-    actions = sub.choices["predict"]._actions
-    assert {a.dest for a in actions} >= {"text", "input", "format", "output", "bundle", "batch_size", "device"}
-    for action in actions:
-        assert action.help, action.dest
+    parsers = all_parsers(build_parser())
+    assert [p.prog for p in parsers] == ["twinhead", "twinhead predict"]
+    missing = [f"{p.prog}: {a.option_strings or a.dest}" for p in parsers for a in p._actions
+               if not a.help or a.help == argparse.SUPPRESS]
+    assert not missing, f"options without help text: {missing}"
+    dests = {a.dest for a in parsers[1]._actions}
+    assert dests >= {"text", "input", "format", "output", "bundle", "batch_size", "device", "top_k"}
+
+
+def test_help_check_catches_an_option_without_help():
+    from twinhead.cli import build_parser
+
+    ap = build_parser()
+    (sub,) = [a for a in ap._actions if a.dest == "command"]
+    sub.choices["predict"].add_argument("--undocumented")
+    assert any(a.help is None for p in all_parsers(ap) for a in p._actions)
+
+
+def test_top_k_sets_the_number_of_intents_listed(bundle, expected):
+    res = cli(bundle, "--top-k", "2", TEXTS[0])
+    assert res.returncode == 0, res.stderr
+    (got,) = [json.loads(res.stdout)]
+    assert got["top_intents"] == approx_floats(expected[TEXTS[0]]["top_intents"][:2])
+    res = cli(bundle, "--top-k", "0", "hello")
+    assert res.returncode == 2 and "argument --top-k: must be a positive integer, not '0'" in res.stderr.decode()
 
 
 @pytest.mark.parametrize("name,data,batch,where", [

@@ -101,3 +101,36 @@ def test_training_with_each_head_learns(tmp_path, model_kw):
     assert all(bio_error(t) is None for t in tags)
     # every predicted label (or each label of a predicted set) is a training label
     assert {atom for i in intents for atom in i.split(mcfg.label_sep)} <= set(vocabs.intents.itos)
+
+
+@pytest.mark.parametrize("decoder", ["softmax", "crf"])
+def test_tag_probabilities_are_those_of_the_decoded_path(decoder):
+    """predict_logits' tag_probs: the softmax probability (softmax decoder) or the CRF marginal, checked
+    against enumerating every tag path, of each decoded tag; windows of an overlong input included."""
+    from tests.test_crf import brute_force
+    from twinhead.inference import collate, encode, predict_logits, span_confidences
+
+    vocabs = build_vocabs([["a", "b", "c"]], ["x", "y"], [["B-a", "I-a", "B-b"]])
+    torch.manual_seed(1)
+    cfg = ModelConfig(**SMALL, tag_decoder=decoder, max_len=3)
+    model = JointModel(cfg, len(vocabs.words), len(vocabs.chars), vocabs.tags.itos, vocabs.intents.itos).eval()
+    if decoder == "crf":
+        with torch.no_grad():
+            model.tag_head.crf.transitions.normal_(0, 1.0)
+    sents = [["a", "b", "c"], ["c", "a"], ["a", "b", "c", "b", "a"]]  # the last: two windows of max_len 3
+    out = predict_logits(model, vocabs, sents, tag_probs=True)
+    for words, tags, probs in zip(sents, out.tags, out.tag_probs):
+        for s in range(0, len(words), 3):
+            piece = words[s:s + 3]
+            w, c, m = collate([encode(piece, vocabs, cfg.max_word_len)], "cpu")
+            with torch.no_grad():
+                _, scores = model(w, c, m)
+                if decoder == "crf":
+                    marg = brute_force(model.tag_head.crf, scores[0].double(), constrained=True)[2]
+                else:
+                    marg = torch.softmax(scores[0].double(), -1)
+            ids = [vocabs.tags.itos.index(t) for t in tags[s:s + 3]]
+            want = [float(marg[i, k]) for i, k in enumerate(ids)]
+            assert probs[s:s + 3] == pytest.approx(want, abs=1e-5)
+        for start, end, _, conf in span_confidences(tags, probs):
+            assert conf == pytest.approx(float(np.prod(probs[start:end])))

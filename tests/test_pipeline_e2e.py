@@ -57,6 +57,16 @@ def test_dvc_repro_end_to_end(tiny_repo, tmp_path):
     assert ev["intent_macro_f1"] == pytest.approx(f1_score(actual, predicted, labels=sorted(set(actual)),
                                                            average="macro", zero_division=0))
     assert (tiny_repo / "metrics/intent_confusion.png").read_bytes()[:4] == b"\x89PNG"
+    # Calibration: the temperature fitted on dev travels in the bundle; eval.json scores the bundle's
+    # probabilities and the unscaled ones; the reliability diagram sits beside the confusion matrix.
+    bundle_cfg = json.loads((tiny_repo / "models/export/config.json").read_text())
+    assert bundle_cfg["calibration"]["fitted_on"] == "dev"
+    assert ev["intent_temperature"] == bundle_cfg["calibration"]["temperature"] > 0
+    assert 0 <= ev["intent_ece"] <= 1 and 0 <= ev["intent_ece_uncalibrated"] <= 1
+    assert (tiny_repo / "metrics/intent_reliability.png").read_bytes()[:4] == b"\x89PNG"
+    for err in errors:
+        assert err["pred_top_intents"][0]["intent"] == err["pred_intent"]
+        assert all(0 < e["confidence"] <= 1 for e in err["pred_spans"])
 
     # DVC sees the metrics and plots.
     shown = run(["dvc", "metrics", "show", "--json"], tiny_repo, env).stdout
@@ -75,7 +85,10 @@ def test_dvc_repro_end_to_end(tiny_repo, tmp_path):
     res = run(["twinhead", "predict", "--bundle", "models/export", "play the new album by the beatles"],
               tiny_repo, env)
     pred = json.loads(res.stdout)
-    assert set(pred) >= {"intent", "probability", "entities", "tokens", "tags"}
+    assert set(pred) >= {"intent", "probability", "top_intents", "entities", "tokens", "tags"}
+    assert len(pred["top_intents"]) == min(3, len(bundle_cfg["intents"]))
+    assert pred["top_intents"][0] == {"intent": pred["intent"], "probability": pred["probability"]}
+    assert all(0 < e["confidence"] <= 1 for e in pred["entities"])
     assert len(pred["tokens"]) == len(pred["tags"]) == 7
     for e in pred["entities"]:
         assert "play the new album by the beatles"[e["start"]:e["end"]] == e["text"]

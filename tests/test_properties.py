@@ -711,6 +711,14 @@ def check_prediction(pred: dict, text: str, predictor) -> None:
     assert set(pred["tags"]) <= set(predictor.vocabs.tags.itos)
     assert pred["intent"] in predictor.vocabs.intents.itos
     assert math.isfinite(pred["probability"]) and 0.0 <= pred["probability"] <= 1.0
+    # top_intents: most probable first, led by the intent predicted, probabilities of a distribution
+    top = pred["top_intents"]
+    assert 1 <= len(top) <= 3 and top[0] == {"intent": pred["intent"], "probability": pred["probability"]}
+    probs = [t["probability"] for t in top]
+    assert probs == sorted(probs, reverse=True) and all(0.0 <= q <= 1.0 for q in probs) and sum(probs) <= 1 + 1e-6
+    assert len({t["intent"] for t in top}) == len(top)
+    for ent in pred["entities"]:
+        assert 0.0 < ent["confidence"] <= 1.0 + 1e-9
     got = [(e["start"], e["end"], e["label"]) for e in pred["entities"]]
     assert sorted(got) == sorted(char_spans(toks, offs, pred["tags"])) and len(set(got)) == len(got)
     for ent in pred["entities"]:
@@ -941,8 +949,23 @@ def test_evaluate_unseen_labels(predictor, rows, data):
     unseen_rows = sum(i not in predictor.vocabs.intents.itos for _, i in rows)
     assert s["intent_accuracy"] <= 1 - unseen_rows / len(rows) + 1e-9  # an unseen intent is never right
     assert res.details["intents_unseen_in_train"] == sorted({i for _, i in rows} - set(predictor.vocabs.intents.itos))
+    assert 0.0 <= s["intent_ece"] <= 1.0 and 0.0 <= s["intent_ece_uncalibrated"] <= 1.0
+    assert s["intent_temperature"] == predictor.temperature
     for err in res.errors:
         assert len(err["tokens"]) == len(err["gold_tags"]) == len(err["pred_tags"])
+    # the predicted side of errors.jsonl is what Predictor.predict gives for that text (rounded to 4 places)
+    if res.errors:
+        preds = predictor.predict([e["text"] for e in res.errors])
+        for err, pred in zip(res.errors, preds):
+            assert err["pred_intent"] == pred["intent"]
+            assert err["pred_probability"] == pytest.approx(pred["probability"], abs=1e-4)
+            assert [t["intent"] for t in err["pred_top_intents"]] == [t["intent"] for t in pred["top_intents"]]
+            assert [t["probability"] for t in err["pred_top_intents"]] == \
+                pytest.approx([t["probability"] for t in pred["top_intents"]], abs=1e-4)
+            assert [{**e, "confidence": 0} for e in err["pred_spans"]] == \
+                [{**e, "confidence": 0} for e in pred["entities"]]
+            assert [e["confidence"] for e in err["pred_spans"]] == \
+                pytest.approx([e["confidence"] for e in pred["entities"]], abs=1e-4)
 
 
 # --- regressions: each of these failed on the code before commit 6204eff ----------------------

@@ -197,6 +197,8 @@ def test_evaluate_stage_writes_and_logs_the_pictures(fixed_bundle, tmp_path):  #
     predictor = Predictor(fixed_bundle)
     (tmp_path / "processed").mkdir()
     processed(predictor, ROWS).to_parquet(tmp_path / "processed" / "test.parquet")
+    (tmp_path / "processed" / "meta.json").write_text(json.dumps(  # what preprocess records of the dataset
+        {"dataset": {"name": "tiny", "path": "data/raw/tiny", "digest": "0123456789abcdef.dir"}}))
     params = {"evaluate": {"split": "test", "batch_size": 2}, "mlflow": {"enabled": True}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
@@ -211,7 +213,7 @@ def test_evaluate_stage_writes_and_logs_the_pictures(fixed_bundle, tmp_path):  #
                                            "3. gold: SetAlarm (test.bio:4)"]
     details = json.loads((metrics / "eval_details.json").read_text())
     assert set(details["slot"]["per_type"]) == {"artist", "time"}
-    for name in ("slot_f1.png", "intent_confusion.png"):
+    for name in ("slot_f1.png", "intent_confusion.png", "intent_reliability.png"):
         data = (metrics / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
     logged = {a.path for a in client.list_artifacts(run_id, "evaluation")}

@@ -3,7 +3,9 @@
 A bundle folder holds:
   model.safetensors  the weights (no pickle)
   vocab.json         words, chars, intents, tags
-  config.json        format, model config, preprocessing settings, vocabulary sizes, labels, training info
+  config.json        format, model config, preprocessing settings, vocabulary sizes, labels, training info,
+                     calibration ({"temperature": T, "fitted_on": "dev" or null}: the intent logits are
+                     divided by T, see twinhead.calibration)
   manifest.json      written last by export: the sha256 and size in bytes of every other file
 
 `verify_bundle` reads the manifest before any other file and refuses, with one error naming the file, a
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -23,14 +26,16 @@ from typing import Any
 from twinhead import fileio
 from twinhead.errors import TwinheadError
 
-BUNDLE_FORMAT = "twinhead-bundle/2"  # /2: integrity moved from config.json's "sha256" to manifest.json
+# /2: integrity moved from config.json's "sha256" to manifest.json; /3: "calibration" (the intent temperature)
+BUNDLE_FORMAT = "twinhead-bundle/3"
 MANIFEST_FORMAT = "twinhead-manifest/1"
 WEIGHTS, VOCAB, CONFIG, MANIFEST = "model.safetensors", "vocab.json", "config.json", "manifest.json"
 REQUIRED_FILES = (WEIGHTS, VOCAB, CONFIG)
 TASKS = ("intent", "tags")  # the heads a bundle may have been trained for (config.json "tasks")
 # Fields of config.json the loader relies on, and their JSON types; the contents of model_config and
 # preprocess are validated where they are used.
-REQUIRED_FIELDS: dict[str, type] = {"format": str, "model_config": dict, "preprocess": dict, "sizes": dict}
+REQUIRED_FIELDS: dict[str, type] = {"format": str, "model_config": dict, "preprocess": dict, "sizes": dict,
+                                    "calibration": dict}
 VOCAB_KEYS = ("words", "chars", "intents", "tags")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 REEXPORT = "re-export the model"
@@ -132,16 +137,26 @@ def check_config(cfg: Any, path: Path) -> dict:
         if not isinstance(cfg[field], typ):
             raise TwinheadError(f"{path}: field {field!r} must be {_type_name(typ)}, not "
                                 f"{type(cfg[field]).__name__}")
-    if cfg["format"] != BUNDLE_FORMAT:
-        raise TwinheadError(f"{path}: bundle format {cfg['format']!r}, expected {BUNDLE_FORMAT!r}; {REEXPORT} "
-                            "with this version of twinhead")
+        # The format first: an older bundle lacks newer fields, and its format says why.
+        if field == "format" and cfg["format"] != BUNDLE_FORMAT:
+            raise TwinheadError(f"{path}: bundle format {cfg['format']!r}, expected {BUNDLE_FORMAT!r}; {REEXPORT} "
+                                "with this version of twinhead")
     tasks = cfg.get("tasks", list(TASKS))
     if not isinstance(tasks, list) or not tasks or not set(tasks) <= set(TASKS):
         raise TwinheadError(f"{path}: field 'tasks' must be a non-empty list of {', '.join(TASKS)}, got {tasks!r}")
     sizes = cfg["sizes"]
     if set(sizes) != set(VOCAB_KEYS) or any(type(v) is not int for v in sizes.values()):
         raise TwinheadError(f"{path}: field 'sizes' must map {', '.join(VOCAB_KEYS)} to integers, got {sizes}")
+    read_temperature(cfg, path)
     return cfg
+
+
+def read_temperature(cfg: dict, path: Path) -> float:
+    """config.json's calibration temperature: a finite number > 0."""
+    t = cfg["calibration"].get("temperature")
+    if type(t) not in (int, float) or not math.isfinite(t) or t <= 0:
+        raise TwinheadError(f"{path}: field 'calibration.temperature' must be a number > 0, got {t!r}")
+    return float(t)
 
 
 def _read_json(path: Path) -> Any:

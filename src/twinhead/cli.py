@@ -42,17 +42,17 @@ def check_device(spec: str) -> None:
         raise TwinheadError(f"--device {spec}: not supported (use cpu, cuda, cuda:N or mps)")
 
 
-def predict_chunk(predictor, chunk, name: str, batch_size: int) -> list[dict]:
+def predict_chunk(predictor, chunk, name: str, batch_size: int, top_k: int = 3) -> list[dict]:
     """Predictions for one chunk of inputs.Text; an error on a text names its line of the input."""
     try:
-        return predictor.predict([t.text for t in chunk], batch_size, where=name)
+        return predictor.predict([t.text for t in chunk], batch_size, where=name, top_k=top_k)
     except DataError as e:
         if e.line is None or not 1 <= e.line <= len(chunk):
             raise
         raise DataError(e.reason, name, chunk[e.line - 1].line) from e
 
 
-def predict_stream(predictor, texts, name: str, batch_size: int, out: TextIO, progress,
+def predict_stream(predictor, texts, name: str, batch_size: int, out: TextIO, progress, top_k: int = 3,
                    keep: list | None = None) -> int:
     """Predict `texts` chunk by chunk, writing each chunk's JSON Lines to `out` at once; returns the count.
     Predictions are also appended to `keep` when given (--html)."""
@@ -60,7 +60,7 @@ def predict_stream(predictor, texts, name: str, batch_size: int, out: TextIO, pr
 
     n = 0
     for chunk in batched(texts, batch_size):
-        preds = predict_chunk(predictor, chunk, name, batch_size)
+        preds = predict_chunk(predictor, chunk, name, batch_size, top_k)
         out.write("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
         out.flush()  # a reader of stdout gets each chunk now, not when the buffer fills
         if keep is not None:
@@ -80,11 +80,11 @@ def predict_input(args, predictor, texts, name: str, keep: list | None = None) -
             # Written beside the destination and renamed into place only when every input was predicted.
             try:
                 with fileio.atomic_path(args.output) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-                    n = predict_stream(predictor, texts, name, args.batch_size, fh, bar.update, keep)
+                    n = predict_stream(predictor, texts, name, args.batch_size, fh, bar.update, args.top_k, keep)
             except OSError as e:  # input errors are DataErrors: this is creating, writing or renaming the output
                 raise TwinheadError(f"{args.output}: cannot write the predictions: {e.strerror}") from e
         else:
-            n = predict_stream(predictor, texts, name, args.batch_size, sys.stdout, bar.update, keep)
+            n = predict_stream(predictor, texts, name, args.batch_size, sys.stdout, bar.update, args.top_k, keep)
     if args.output:
         print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
 
@@ -120,7 +120,7 @@ def cmd_predict(args) -> int:
 
     if args.input is None:
         predictor = Predictor(args.bundle, args.device)
-        preds = predictor.predict(args.text, args.batch_size, where="argument")
+        preds = predictor.predict(args.text, args.batch_size, where="argument", top_k=args.top_k)
         if len(preds) == 1:
             print(json.dumps(preds[0], ensure_ascii=False, indent=2))
         else:
@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="twinhead", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"twinhead {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", required=True, help="what to do")
     p = sub.add_parser("predict", help="predict intent and entities for texts",
                        description="Predict intent and entities: for TEXT arguments, or streamed from --input.")
     p.add_argument("text", nargs="*", help="text(s) to predict (not together with --input); put -- before "
@@ -177,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", "-m", default="models/export", help="exported bundle (default: models/export)")
     p.add_argument("--batch-size", type=positive_int, default=256,
                    help="texts read, predicted and written at a time (default: 256)")
+    p.add_argument("--top-k", type=positive_int, default=3, metavar="K",
+                   help="intents listed in each prediction's top_intents, most probable first (default: 3)")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N or mps")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar on stderr")
     p.set_defaults(fn=cmd_predict)

@@ -42,6 +42,8 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path) -> dict:
             "slot_types": sorted({t[2:] for t in lists["tags"] if t != "O"}),
             "tasks": ckpt.get("tasks", list(TASKS)),  # the heads that were trained
             "trained": {k: ckpt[k] for k in ("best_epoch", "dev_scores", "device") if k in ckpt},
+            # A checkpoint written without calibration (train.calibrate: false) predicts unscaled probabilities.
+            "calibration": ckpt.get("calibration") or {"temperature": 1.0, "fitted_on": None},
         }
         fileio.write_json(tmp / CONFIG, cfg)
         write_manifest(tmp)
@@ -71,7 +73,8 @@ def log_pyfunc_model(tracker, bundle: str | Path, registered_name: str, example_
                 python_model=importlib.util.find_spec("twinhead.mlflow_model").origin,
                 artifacts={"bundle": str(Path(bundle).resolve())},
                 code_paths=[str(Path(twinhead.__file__).parent)],
-                signature=infer_signature(example, example_output),
+                # params: `top_k` can be passed at predict time (and in a served model's request)
+                signature=infer_signature(example, example_output, params={"top_k": 3}),
                 input_example=example,
                 registered_model_name=registered_name,
                 # Explicit, so MLflow does not load the model in a subprocess to infer them.

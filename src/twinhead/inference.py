@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -44,16 +46,28 @@ class OverlongStats:
         self.windowed = 0  # sentences split into windows (policy 'window')
 
 
+@dataclass
+class WordPredictions:
+    """What the model says about a list of word sequences, before any label decision."""
+
+    logits: np.ndarray  # (N, L) sentence-head logits; a windowed input's are averaged by window length
+    tags: list[list[str]]  # the decoded tag of every word
+    # the probability of each decoded tag (softmax, or the CRF's marginal); None past a truncated input's
+    # max_len and when not asked for
+    tag_probs: list[list[float | None]] | None
+
+
 @torch.no_grad()
-def predict_words(
+def predict_logits(
     model: JointModel,
     vocabs: Vocabs,
     sentences: list[list[str]],
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
     stats: OverlongStats | None = None,
-) -> tuple[np.ndarray, list[list[str]]]:
-    """Sentence-label probabilities (N, L) and tag strings for each sentence (non-empty word lists).
+    tag_probs: bool = False,
+) -> WordPredictions:
+    """Sentence logits, decoded tags and (tag_probs) each decoded tag's probability, for non-empty word lists.
 
     Inputs longer than model.cfg.max_len follow model.cfg.overlong: 'window' predicts on consecutive
     windows and merges them (tags concatenated, intent logits averaged by window length);
@@ -83,27 +97,70 @@ def predict_words(
     logit_sum = np.zeros((len(sentences), n_int), dtype=np.float64)
     weight = np.zeros(len(sentences))
     tags: list[list[str]] = [["O"] * len(ws) for ws in sentences]
+    probs: list[list[float | None]] | None = [[None] * len(ws) for ws in sentences] if tag_probs else None
     for b in range(0, len(order), batch_size):
         batch = [pieces[k] for k in order[b : b + batch_size]]
         items = [encode(sentences[i][s:e], vocabs, cfg.max_word_len) for i, s, e in batch]
         words, chars, mask = collate(items, device)
         intent_logits, tag_logits = model(words, chars, mask)
-        ids = model.decode_tags(tag_logits, mask).cpu().numpy()
+        ids_t = model.decode_tags(tag_logits, mask)  # (B, T)
+        ids = ids_t.cpu().numpy()
+        if probs is not None:
+            # (B, T): the probability of the decoded tag at each position
+            chosen = model.tag_head.token_probs(tag_logits, mask).gather(2, ids_t.unsqueeze(2)).squeeze(2)
+            chosen = chosen.double().cpu().numpy()
         il = intent_logits.double().cpu().numpy()
         for row, (i, s, e) in enumerate(batch):
             logit_sum[i] += il[row] * (e - s)
             weight[i] += e - s
             tags[i][s:e] = [model.tags[k] for k in ids[row, : e - s]]
+            if probs is not None:
+                probs[i][s:e] = [float(p) for p in chosen[row, : e - s]]
         if progress:
             progress(len(batch))
     if truncated:
         warnings.warn(f"{truncated} input(s) longer than model.max_len={cfg.max_len} tokens were "
                       "truncated; the rest of each is tagged O (policy model.overlong=truncate)", stacklevel=2)
-    logits = torch.from_numpy(logit_sum / weight[:, None])
-    probs = model.intent_head.probs(logits).numpy()  # softmax, or a sigmoid per label (multi-label)
     if was_training:
         model.train()
-    return probs, tags
+    return WordPredictions(logit_sum / weight[:, None], tags, probs)
+
+
+def intent_probs(model: JointModel, logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """The sentence head's probabilities (N, L) from its logits: softmax(logits / temperature), or a sigmoid
+    per label (multi-label, never scaled: see twinhead.calibration)."""
+    if model.intent_head.multi_label:
+        temperature = 1.0
+    return model.intent_head.probs(torch.from_numpy(np.asarray(logits, dtype=np.float64) / temperature)).numpy()
+
+
+def predict_words(
+    model: JointModel,
+    vocabs: Vocabs,
+    sentences: list[list[str]],
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+    stats: OverlongStats | None = None,
+) -> tuple[np.ndarray, list[list[str]]]:
+    """Sentence-label probabilities (N, L) (uncalibrated) and tag strings for each sentence (see predict_logits)."""
+    out = predict_logits(model, vocabs, sentences, batch_size, progress, stats)
+    return intent_probs(model, out.logits), out.tags
+
+
+def top_labels(model: JointModel, vocabs: Vocabs, probs: np.ndarray, k: int) -> list[list[dict]]:
+    """The k most probable labels of each sentence, most probable first: [{"intent", "probability"}].
+
+    Single-label: the softmax probabilities (they sum to 1 over all labels). Multi-label: the label atoms
+    by their own sigmoid probabilities (each in [0, 1]; they need not sum to 1).
+    """
+    if k < 1:
+        raise ValueError(f"top_k must be at least 1, not {k}")
+    labels = model.sentence_labels if model.sentence_labels is not None else vocabs.intents.itos
+    out = []
+    for row in probs:
+        best = np.argsort(-row, kind="stable")[:k]
+        out.append([{"intent": labels[j], "probability": float(row[j])} for j in best])
+    return out
 
 
 def sentence_labels(model: JointModel, vocabs: Vocabs, probs: np.ndarray) -> list[str]:
@@ -113,8 +170,36 @@ def sentence_labels(model: JointModel, vocabs: Vocabs, probs: np.ndarray) -> lis
     return model.intents_from_probs(probs)
 
 
-def predict_mapped(model: JointModel, vocabs: Vocabs, df, batch_size: int = 256, progress=None,
-                   stats: OverlongStats | None = None) -> tuple[list[str], np.ndarray, list[list[str]]]:
+def map_back_probs(n: int, kept: list[int], kept_probs: list[float | None]) -> list[float | None]:
+    """Decoded-tag probabilities on every original token: None where a token was removed (tagged O by rule)."""
+    full: list[float | None] = [None] * n
+    for i, p in zip(kept, kept_probs):
+        full[i] = p
+    return full
+
+
+def span_confidences(tags: list[str], tag_probs: list[float | None]) -> list[tuple[int, int, str, float]]:
+    """(start, end_exclusive, type, confidence) token spans: an entity's confidence is the product of the
+    probabilities of its tokens' decoded tags (softmax per token, or the CRF's marginals)."""
+    from twinhead.text import bio_to_spans
+
+    return [(s, e, t, math.prod(tag_probs[s:e])) for s, e, t in bio_to_spans(tags)]
+
+
+@dataclass
+class FramePredictions:
+    """Predictions on a processed split, on every original token."""
+
+    intents: list[str]
+    logits: np.ndarray  # (N, L) sentence-head logits
+    probs: np.ndarray  # (N, L) sentence-head probabilities at the given temperature
+    tags: list[list[str]]
+    tag_probs: list[list[float | None]] | None  # see WordPredictions; None where a stop word was removed
+
+
+def predict_frame(model: JointModel, vocabs: Vocabs, df, batch_size: int = 256, progress=None,
+                  stats: OverlongStats | None = None, temperature: float = 1.0,
+                  tag_probs: bool = False) -> FramePredictions:
     """Predict a processed split (columns words, keep, tokens); tags come back on every original token.
 
     Removed stop words get O (keep_positions never empties a non-empty sentence).
@@ -122,7 +207,19 @@ def predict_mapped(model: JointModel, vocabs: Vocabs, df, batch_size: int = 256,
     from twinhead.text import map_back
 
     sentences = [list(w) for w in df["words"]]
-    probs, tags = predict_words(model, vocabs, sentences, batch_size, progress, stats)
+    out = predict_logits(model, vocabs, sentences, batch_size, progress, stats, tag_probs)
+    probs = intent_probs(model, out.logits, temperature)
     intents = sentence_labels(model, vocabs, probs)
-    full = [map_back(len(toks), list(keep), t) for toks, keep, t in zip(df["tokens"], df["keep"], tags)]
-    return intents, probs, full
+    rows = list(zip(df["tokens"], df["keep"]))
+    full = [map_back(len(toks), list(keep), t) for (toks, keep), t in zip(rows, out.tags)]
+    full_probs = None
+    if out.tag_probs is not None:
+        full_probs = [map_back_probs(len(toks), list(keep), p) for (toks, keep), p in zip(rows, out.tag_probs)]
+    return FramePredictions(intents, out.logits, probs, full, full_probs)
+
+
+def predict_mapped(model: JointModel, vocabs: Vocabs, df, batch_size: int = 256, progress=None,
+                   stats: OverlongStats | None = None) -> tuple[list[str], np.ndarray, list[list[str]]]:
+    """Labels, uncalibrated probabilities (N, L) and tags on every original token of a processed split."""
+    out = predict_frame(model, vocabs, df, batch_size, progress, stats)
+    return out.intents, out.probs, out.tags

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-import numpy as np
 from spacy.language import Language
 from spacy.tokens import Doc, Span
 from spacy.util import filter_spans, minibatch
 
-from twinhead.inference import predict_words
 from twinhead.predictor import Predictor
 
 if not Span.has_extension("confidence"):
@@ -68,30 +66,18 @@ class TwinheadComponent:
 
     def _annotate(self, docs: list[Doc]) -> list[Doc]:
         live = [d for d in docs if d.text.strip()]  # the Predictor refuses empty texts; a pipeline meets them
-        preds = self.predictor.predict([d.text for d in live], self.batch_size,
-                                       where=f"spaCy component {self.name!r}, doc of the batch")
-        results = iter(zip(preds, self._probabilities(preds)))
+        # top_k = every label: the Predictor's (temperature-calibrated) probability of each intent
+        preds = iter(self.predictor.predict([d.text for d in live], self.batch_size, top_k=len(self.labels),
+                                            where=f"spaCy component {self.name!r}, doc of the batch"))
         for doc in docs:
-            pred, probs = next(results) if doc.text.strip() else (None, None)
-            annotate(doc, pred, self._cats(probs))
+            pred = next(preds) if doc.text.strip() else None
+            annotate(doc, pred, self._cats(pred))
         return docs
 
-    def _probabilities(self, preds: list[dict]) -> np.ndarray:
-        """Every sentence label's probability (N, L) for the texts of `preds`.
-
-        Predictor.predict keeps only the chosen intent's probability, so the model reads the same words
-        once more here: same weights, same words, same numbers.
-        """
-        if not preds:
-            return np.zeros((0, len(self.labels)))
-        words = [self.predictor.text.model_words(p["tokens"])[1] for p in preds]
-        probs, _ = predict_words(self.predictor.model, self.predictor.vocabs, words, self.batch_size)
-        return probs
-
-    def _cats(self, probs: np.ndarray | None) -> dict[str, float]:
-        if probs is None or "intent" not in self.predictor.tasks:  # a tags-only model's intent head is untrained
+    def _cats(self, pred: dict | None) -> dict[str, float]:
+        if pred is None or not pred.get("top_intents"):  # a tags-only model's intent head is untrained
             return {}
-        return {label: float(p) for label, p in zip(self.labels, probs)}
+        return {t["intent"]: float(t["probability"]) for t in pred["top_intents"]}
 
 
 @Language.factory(

@@ -30,7 +30,7 @@ from torch import nn
 from twinhead import fileio
 from twinhead.checkpoint import build_model, safe_torch_load
 from twinhead.errors import TwinheadError
-from twinhead.inference import collate, encode, predict_mapped
+from twinhead.inference import collate, encode, predict_frame, predict_mapped
 from twinhead.metrics import summary
 from twinhead.model import JointModel, ModelConfig
 from twinhead.mtl import RULES, LossRule, StepStats, make_rule
@@ -73,6 +73,7 @@ class TrainConfig:
         dataclasses.field(default_factory=lambda: ["intent", "tags"])  # one of them: a single-task model
     loss_rule: Literal[RULES] = "uncertainty"  # how the task losses become gradients (twinhead.mtl)
     conflict_every: NonNegInt = 10  # measure task-gradient conflict on every n-th step (0: never)
+    calibrate: bool = True  # fit the intent temperature on dev after training (twinhead.calibration)
 
     def __post_init__(self):
         if len(set(self.tasks)) != len(self.tasks):
@@ -130,7 +131,9 @@ def state_identity(mcfg: ModelConfig, tcfg: TrainConfig, seed: int, vocabs: Voca
     """What a saved training state must match to be resumed, part by part (so the log can say which
     part changed). Device and threads are the resolved ones: 'auto' and 'cpu' on a CPU machine agree."""
     return {
-        "params": fingerprint(mcfg.to_dict(), asdict(tcfg) | {"device": None, "threads": None}, seed),
+        # calibration runs after training: switching it does not make a saved state another run's
+        "params": fingerprint(mcfg.to_dict(), asdict(tcfg) | {"device": None, "threads": None, "calibrate": None},
+                              seed),
         "data": fingerprint(vocabs.to_lists(), train_df[["words", "word_tags", "intent"]].map(list).values.tolist(),
                             dev_df[["words", "tags", "intent"]].map(list).values.tolist()),
         "code": code_digest(),
@@ -203,6 +206,35 @@ def evaluate_frame(model, vocabs: Vocabs, df: pd.DataFrame, batch_size: int) -> 
     gold = [model.canonical_label(i) for i in df["intent"]]
     scores, _, _ = summary(gold, pred_intents, [list(t) for t in df["tags"]], pred_tags)
     return scores, pred_intents, pred_tags
+
+
+def fit_calibration(model: JointModel, vocabs: Vocabs, dev_df: pd.DataFrame, batch_size: int) -> dict:
+    """The intent temperature fitted on the dev split (minimum NLL), with dev's ECE before and after.
+
+    Returns the checkpoint's "calibration" record: temperature, fitted_on ("dev", or None when nothing was
+    fitted: a multi-label head, or no dev sentence with a label seen in train), the dev sentences used and
+    dev_intent_ece / dev_intent_ece_uncalibrated. Dev sentences whose intent never occurs in train are left
+    out: no temperature can give them probability.
+    """
+    from twinhead.calibration import expected_calibration_error, fit_temperature, softmax
+
+    none = {"temperature": 1.0, "fitted_on": None}
+    if model.intent_head.multi_label:
+        return none
+    index = {lab: k for k, lab in enumerate(vocabs.intents.itos)}
+    known = dev_df[dev_df["intent"].isin(index)]
+    if not len(known):
+        return none
+    logits = predict_frame(model, vocabs, known, batch_size).logits  # (N, L)
+    labels = np.array([index[i] for i in known["intent"]])
+    t = fit_temperature(logits, labels)
+    right = logits.argmax(1) == labels  # the same at every temperature
+
+    def ece(temperature: float) -> float:
+        return expected_calibration_error(softmax(logits, temperature).max(1), right)
+
+    return {"temperature": t, "fitted_on": "dev", "dev_sentences": int(len(known)),
+            "dev_intent_ece": ece(t), "dev_intent_ece_uncalibrated": ece(1.0)}
 
 
 def selection_score(dev: dict, metric: str) -> tuple[float, float]:
