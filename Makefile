@@ -1,7 +1,11 @@
 # Two commands on a fresh machine: `make repro` (set up + whole pipeline), `make test` (set up + tests).
-PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# The python that creates $(VENV): PYTHON=... if given, else the first of these that pyproject.toml's
+# requires-python accepts (python3 first: whatever the machine calls python3, if it is new enough).
+PYTHON ?=
+PYTHON_CANDIDATES ?= python3 python3.11 python3.12 python3.13 python3.14
+PYTHON_MIN := $(patsubst >=%,%,$(shell sed -n 's/^requires-python *= *"\(.*\)"/\1/p' pyproject.toml))
 # The exact torch build. Here pip finds the CPU wheel of this release on local disk; on a GPU
 # machine PyPI's Linux wheel of the same release is a CUDA build. For another CUDA version:
 #   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
@@ -9,13 +13,30 @@ TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup data repro test lint lock clean-venv dvc browser
+.PHONY: setup python data repro test lint lock clean-venv dvc browser
 setup: $(BIN)/.installed
 
-$(BIN)/.installed: pyproject.toml requirements.lock
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+# Prints the python `make setup` would use; exits with one line naming what it found if none is new enough.
+define find_python
+found=; for py in $(or $(PYTHON),$(PYTHON_CANDIDATES)); do \
+  command -v "$$py" >/dev/null 2>&1 || continue; \
+  v=$$("$$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || continue; \
+  if printf '%s\n' "$(PYTHON_MIN)" "$$v" | sort -V -C; then echo "$$py"; exit 0; fi; \
+  found="$${found:+$$found, }$$py is $$v"; \
+done; \
+echo "error: twinhead needs Python >=$(PYTHON_MIN) (requires-python, pyproject.toml) but $${found:-no python3 was found}: install one, or pass PYTHON=/path/to/python3.X" >&2; exit 1
+endef
+
+python:
+	@$(find_python)
+
+# torch first (see TORCH above), then every other dependency exactly as locked, hashes checked; the
+# lock leaves torch out, so the build installed first is kept. Then this package, without deps.
+$(BIN)/.installed: pyproject.toml requirements.lock requirements-dev.lock
+	@test -x $(BIN)/python || { py=$$($(find_python)) && echo "$$py -m venv $(VENV)" && "$$py" -m venv $(VENV); }
 	$(BIN)/python -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
-	$(BIN)/python -m pip install -r requirements.lock -e ".[dev]"
+	$(BIN)/python -m pip install --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --no-deps -e .
 	touch $@
 
 data: setup
@@ -40,12 +61,24 @@ dvc: setup
 	dvc $(ARGS)
 
 lint: setup
-	ruff check src stages tests
+	ruff check src stages tests benchmarks
 
-# Refresh requirements.lock from the venv (torch is pinned above, not in the lock).
+# Regenerate the hashed locks from pyproject.toml: requirements.lock (core + [pipeline]) and
+# requirements-dev.lock (+ [dev], the runtime pins kept). Pins already in a lock are kept unless
+# pyproject.toml no longer allows them (LOCK_FLAGS=--upgrade moves everything to the newest). torch
+# is left out of both (see TORCH); its dependencies are resolved against the CPU build so that no
+# CUDA package gets into the locks: pip must find $(LOCK_TORCH) (here: on local disk; elsewhere
+# LOCK_TORCH_INDEX=https://download.pytorch.org/whl/cpu).
+LOCK_TORCH       ?= $(TORCH)+cpu
+LOCK_TORCH_INDEX ?=
+LOCK_FLAGS       ?=
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes --strip-extras \
+	--unsafe-package torch --no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
+	$(if $(LOCK_TORCH_INDEX),--extra-index-url $(LOCK_TORCH_INDEX)) -c $(VENV)/torch-lock.txt $(LOCK_FLAGS)
 lock: setup
-	{ echo '# Exact versions of every dependency (torch excepted: see the Makefile), from `make lock`.'; \
-	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i '^torch=='; } > requirements.lock
+	echo "$(LOCK_TORCH)" > $(VENV)/torch-lock.txt
+	$(PIP_COMPILE) --extra pipeline -o requirements.lock pyproject.toml
+	$(PIP_COMPILE) --extra pipeline --extra dev -c requirements.lock -o requirements-dev.lock pyproject.toml
 
 clean-venv:
 	rm -rf $(VENV)
