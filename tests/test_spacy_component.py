@@ -195,3 +195,12 @@ def test_spacy_finds_the_component_through_the_entry_point(bundle, tmp_path):
     else:  # without the declaration spaCy does not know the name: the stand-in is what made it work
         res = run()
         assert res.returncode != 0 and "Can't find factory for 'twinhead'" in res.stderr
+
+
+def test_the_entry_point_module_is_cheap_to_import():
+    """spaCy imports every spacy_factories entry point whenever it builds any pipeline (spacy.blank too):
+    the module must not load the predictor (and what it needs) until a twinhead component is made."""
+    code = ("import sys, twinhead.spacy_component; "
+            "print(sorted(m for m in sys.modules if m.startswith('twinhead.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "twinhead.predictor" not in out and "twinhead.spacy_component" in out

@@ -87,7 +87,8 @@ def test_removed_first_word_of_an_entity_leaves_valid_bio_for_training(tmp_path)
         for name, ls in lines.items():
             (raw / split / name).write_text("\n".join(ls) + "\n", encoding="utf-8")
     # without the entity exception "the" is removed although it begins the entity
-    frames, _, _, _ = preprocess(raw, None, PreprocessConfig(remove_stopwords=True, keep_entity_stopwords=False), seed=0)
+    cfg = PreprocessConfig(remove_stopwords=True, keep_entity_stopwords=False)
+    frames, _, _, _ = preprocess(raw, None, cfg, seed=0)
     row = frames["train"].iloc[0]
     assert list(row["words"]) == ["play", "beatles"]
     assert list(row["word_tags"]) == ["O", "B-artist"]  # not the invalid I-artist after O

@@ -8,10 +8,12 @@
     doc.ents[0]._.confidence   # the entity's confidence where the Predictor gives one, else None
 
 The factory is found through the `spacy_factories` entry point of the installed package, so `add_pipe`
-works without importing this module. The bundle's own tokenizer (twinhead.text, saved with the model)
-reads the doc's text; its character spans are then fitted onto the doc's tokens, widened to token
-boundaries where the two tokenizers cut differently (`Doc.char_span(..., alignment_mode="expand")`).
-doc.ents is replaced; a whitespace-only doc gets no cats and no entities.
+works without importing this module. spaCy imports that entry point whenever it creates any pipeline, so
+this module imports only spaCy at the top; the predictor loads when a component is made. The
+bundle's own tokenizer (twinhead.text, saved with the model) reads the doc's text; its character spans
+are then fitted onto the doc's tokens, widened to token boundaries where the two tokenizers cut
+differently (`Doc.char_span(..., alignment_mode="expand")`). doc.ents is replaced; a whitespace-only doc
+gets no cats and no entities.
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ from collections.abc import Iterable, Iterator
 from spacy.language import Language
 from spacy.tokens import Doc, Span
 from spacy.util import filter_spans, minibatch
-
-from twinhead.predictor import Predictor
 
 if not Span.has_extension("confidence"):
     Span.set_extension("confidence", default=None)
@@ -52,6 +52,10 @@ class TwinheadComponent:
     def __init__(self, nlp: Language, name: str, bundle: str, device: str = "cpu", batch_size: int = 256):
         self.name = name
         self.batch_size = batch_size
+        # Imported here, not at the top: spaCy imports every spacy_factories entry point whenever any
+        # pipeline is created (spacy.blank included), and that must stay cheap for spaCy users.
+        from twinhead.predictor import Predictor
+
         self.predictor = Predictor(bundle, device)
         # The sentence head's outputs: intents, or the label atoms of a multi-label model (sigmoid each).
         self.labels = list(self.predictor.model.sentence_labels)
