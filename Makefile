@@ -11,6 +11,8 @@ PYTHON_MIN := $(patsubst >=%,%,$(shell sed -n 's/^requires-python *= *"\(.*\)"/\
 #   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
+# The PATH make was started with: the python that creates the venv is looked up there, never in the venv.
+SYSTEM_PATH := $(PATH)
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup python data repro test lint lock clean-venv dvc browser
@@ -18,7 +20,7 @@ setup: $(BIN)/.installed
 
 # Prints the python `make setup` would use; exits with one line naming what it found if none is new enough.
 define find_python
-found=; for py in $(or $(PYTHON),$(PYTHON_CANDIDATES)); do \
+found=; PATH='$(SYSTEM_PATH)'; for py in $(or $(PYTHON),$(PYTHON_CANDIDATES)); do \
   command -v "$$py" >/dev/null 2>&1 || continue; \
   v=$$("$$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || continue; \
   if printf '%s\n' "$(PYTHON_MIN)" "$$v" | sort -V -C; then echo "$$py"; exit 0; fi; \

@@ -37,7 +37,9 @@ TEXTS = [
 def make_model(seed: int = 0, **cfg_kw):
     vocabs = build_vocabs(TRAIN_WORDS, ["PlayMusic", "SetAlarm", "GetWeather"],
                           [["O", "B-artist", "B-service"], ["O", "B-time", "I-time"], ["O", "B-city", "O"]])
-    cfg = dict(word_dim=8, char_dim=4, char_filters=4, char_kernel=3, hidden_size=8, num_layers=1, dropout=0.1)
+    # the softmax tag head: the hand-checked tests below set its weights and compute its arithmetic
+    cfg = dict(word_dim=8, char_dim=4, char_filters=4, char_kernel=3, hidden_size=8, num_layers=1, dropout=0.1,
+               tag_decoder="softmax")
     cfg.update(cfg_kw)
     torch.manual_seed(seed)
     model = JointModel(ModelConfig(**cfg), len(vocabs.words), len(vocabs.chars), vocabs.tags.itos,

@@ -38,7 +38,7 @@ class ModelConfig:
     sentence_head: Literal["single", "multi"] = "single"  # multi: labels like a#b are label sets (sigmoid)
     label_sep: Name = "#"  # what joins the labels of a multi-label sentence
     multi_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5  # multi: labels at or over this probability
-    tag_decoder: Literal["softmax", "crf"] = "softmax"  # crf: a linear-chain CRF with learned transitions
+    tag_decoder: Literal["softmax", "crf"] = "crf"  # crf: a linear-chain CRF with learned transitions
     # word2vec/GloVe/fastText text file (under data/vectors/, a DVC dependency of train) to start the word
     # embeddings from; its dimension must be word_dim. "": random start
     vectors: str = ""
