@@ -44,8 +44,6 @@ def main() -> int:
     if p["mlflow"].enabled:
         tracker.log_params({"export": as_dict(p["export"])})
         uri = log_pyfunc_model(tracker, args.out, p["mlflow"].registered_model, examples, preds)
-        # Aliases wait for the test metrics (evaluate): undo log_pyfunc_model's move of `candidate`.
-        tracker.settle_candidate(p["mlflow"].registered_model)
         if uri:
             print(f"MLflow: registered {uri}, run {tracker.run_id}; evaluate decides its aliases")
     return 0

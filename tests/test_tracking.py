@@ -55,7 +55,6 @@ def pipeline_run(cfg: MlflowConfig, scores: dict[str, float], dataset: dict = SN
     if not c.search_registered_models(f"name='{cfg.registered_model}'"):
         c.create_registered_model(cfg.registered_model)
     version = c.create_model_version(cfg.registered_model, model.model_uri, run_id=t.run_id, model_id=model.model_id)
-    t.settle_candidate(cfg.registered_model)  # export
     t.log_input(FRAME, dataset, "evaluation", "test")  # evaluate
     assert t.log_model_metrics(scores, FRAME, dataset, "test") == model.model_id
     t.promote(cfg, scores, dataset)
@@ -149,15 +148,16 @@ def test_test_metrics_are_linked_to_the_logged_model_and_the_test_split(cfg):
     assert inputs["snips-test"]["mlflow.data.context"] == "evaluation"
 
 
-def test_export_takes_back_a_candidate_moved_before_evaluation(cfg):
-    # log_pyfunc_model gives the newest version `candidate` at registration; export settles it back.
+def test_a_version_registered_but_not_yet_evaluated_takes_no_alias(cfg, tmp_path):
+    # export registers (log_pyfunc_model); only evaluate, with the test metrics, moves `candidate`
+    from tests.test_bundle import make_bundle
+    from twinhead.export import log_pyfunc_model
+
     _, v1 = pipeline_run(cfg, GOOD)
     t = Tracker.start(cfg, "train")
-    c = client(t.uri)
-    model = c.create_logged_model(c.get_run(t.run_id).info.experiment_id, name="model", source_run_id=t.run_id)
-    v2 = c.create_model_version(cfg.registered_model, model.model_uri, run_id=t.run_id).version
-    c.set_registered_model_alias(cfg.registered_model, CANDIDATE, v2)
-    t.settle_candidate(cfg.registered_model)
+    bundle = make_bundle(tmp_path)[1]
+    uri = log_pyfunc_model(t, bundle, cfg.registered_model, ["play jazz"], [{"intent": "PlayMusic"}])
+    assert uri is not None and uri != f"models:/{cfg.registered_model}/{v1}"
     assert aliases(cfg)[CANDIDATE] == v1
 
 

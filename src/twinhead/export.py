@@ -53,7 +53,8 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path) -> dict:
 def log_pyfunc_model(tracker, bundle: str | Path, registered_name: str, example_texts: list[str],
                      example_output: list[dict]) -> str | None:
     """Log the bundle as an MLflow pyfunc model (models-from-code: twinhead/mlflow_model.py, no
-    pickle), register it under `registered_name` and give the new version the alias `candidate`."""
+    pickle) and register it under `registered_name`. No alias: evaluate moves them once the version's test
+    metrics are known (twinhead.tracking)."""
 
     def _log(client):
         import mlflow
@@ -82,12 +83,6 @@ def log_pyfunc_model(tracker, bundle: str | Path, registered_name: str, example_
                                   f"safetensors=={safetensors.__version__}", f"spacy=={spacy.__version__}",
                                   f"mlflow=={mlflow.__version__}", f"pandas=={pd.__version__}"],
             )
-        version = info.registered_model_version
-        if version is not None:
-            # Parallel queue workers register concurrently: the alias goes to the newest version,
-            # whichever worker gets here last.
-            newest = max(int(v.version) for v in client.search_model_versions(f"name='{registered_name}'"))
-            client.set_registered_model_alias(registered_name, "candidate", str(max(newest, int(version))))
-        return f"models:/{registered_name}/{version}"
+        return f"models:/{registered_name}/{info.registered_model_version}"
 
     return tracker.call(_log, "the model (and its registry version)")

@@ -395,10 +395,6 @@ class Tracker:
 
         self.call(_promote, "the registry aliases")
 
-    def settle_candidate(self, registered_model: str) -> None:
-        """Put `candidate` back on the newest version that passed its gate (after a registration)."""
-        self.call(lambda c: settle_aliases(c, registered_model, None, None), "the registry aliases")
-
     # -- plumbing --------------------------------------------------------------------------------
     def _in_run(self, client, fn):
         """fn() with this run active for MLflow's fluent API, which ends the runs it resumes: the run
