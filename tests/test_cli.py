@@ -243,7 +243,7 @@ def test_every_option_of_every_command_has_help():
     from twinhead.cli import build_parser
 
     parsers = all_parsers(build_parser())
-    assert [p.prog for p in parsers] == ["twinhead", "twinhead predict"]
+    assert [p.prog for p in parsers] == ["twinhead", "twinhead predict", "twinhead ui"]
     missing = [f"{p.prog}: {a.option_strings or a.dest}" for p in parsers for a in p._actions
                if not a.help or a.help == argparse.SUPPRESS]
     assert not missing, f"options without help text: {missing}"

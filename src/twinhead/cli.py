@@ -141,6 +141,35 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_ui(args) -> int:
+    """`mlflow ui` on the project's store, announced by the URL of the experiment's training runs."""
+    import subprocess
+
+    try:
+        import mlflow
+    except ImportError:
+        raise TwinheadError("twinhead ui needs MLflow: pip install 'twinhead[pipeline]'") from None
+    from twinhead.tracking import default_tracking_uri, experiment_page
+
+    uri = default_tracking_uri()
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        raise TwinheadError(f"no MLflow store at {uri[len('sqlite:///'):]}: run `dvc repro` (or a stage that "
+                            "logs to MLflow) first, or set MLFLOW_TRACKING_URI")
+    exp = mlflow.MlflowClient(uri).get_experiment_by_name(args.experiment)
+    if exp is None:
+        raise TwinheadError(f"no experiment {args.experiment!r} in {uri}: run `dvc repro` first "
+                            "(or pass --experiment, the mlflow.experiment param)")
+    # MLflow 3.17's UI opens every experiment on the view of its global GenAI / Model training switch
+    # (default GenAI) whatever the experiment's mlflow.experimentKind tag says; this URL names the runs view.
+    print(f"twinhead: training runs of {args.experiment!r}: "
+          f"{experiment_page(f'http://{args.host}:{args.port}', exp.experiment_id)}", flush=True)
+    bindir = os.path.dirname(sys.executable)  # mlflow ui starts uvicorn from PATH
+    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port)]
+    return subprocess.call(cmd, env=env)
+
+
 def positive_int(value: str) -> int:
     try:
         n = int(value)
@@ -182,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N or mps")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar on stderr")
     p.set_defaults(fn=cmd_predict)
+    p = sub.add_parser("ui", help="open MLflow's UI on the project's runs",
+                       description="Start `mlflow ui` on the project's MLflow store (mlflow.db at the project "
+                                   "root, or MLFLOW_TRACKING_URI) and print the URL of the experiment's "
+                                   "training runs. Run it from the project root; Ctrl-C stops it.")
+    p.add_argument("--experiment", default="twinhead", help="MLflow experiment (default: twinhead)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=positive_int, default=5000, help="port (default: 5000)")
+    p.set_defaults(fn=cmd_ui)
     return ap
 
 
