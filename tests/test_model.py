@@ -52,9 +52,14 @@ def test_output_shapes():
     assert model.decode_tags(tag_logits, mask).shape == (3, 5)
 
 
+LEVERS = [dict(char_encoder="bilstm"), dict(attention_heads=2), dict(intent_level="token"),
+          dict(intent_level="token", attention_heads=4, char_encoder="bilstm", tag_decoder="softmax")]
+
+
 @pytest.mark.parametrize("cfg", [
     tiny_config(),
     tiny_config(char_dim=0, num_layers=1, intent_to_tags=False),
+    *[tiny_config(**kw) for kw in LEVERS],
 ])
 def test_padding_does_not_change_a_sentence(cfg):
     model, vocabs = make(cfg)
@@ -207,3 +212,54 @@ def test_model_config_rejects_bad_values():
         ModelConfig(max_len=0)
     with pytest.raises(ValueError, match="char_kernel\n  Value error, must be odd"):
         ModelConfig(char_kernel=2)
+
+
+def test_model_config_checks_the_encoder_options():
+    with pytest.raises(ValueError, match="attention_heads 3 must divide the BiLSTM state size 2 \\* hidden_size = 16"):
+        tiny_config(attention_heads=3)
+    with pytest.raises(ValueError, match="char_filters over two directions: it must be even"):
+        tiny_config(char_encoder="bilstm", char_filters=5)
+    with pytest.raises(ValueError, match="intent_level 'token' needs sentence_head 'single'"):
+        tiny_config(intent_level="token", sentence_head="multi")
+
+
+def test_the_encoder_options_default_off_and_keep_the_checkpoint_layout():
+    # Checkpoints and bundles written before these options load unchanged: same parameter names and shapes.
+    model, _ = make(tiny_config())
+    keys = set(model.state_dict())
+    assert not any(k.startswith("attention.") for k in keys)
+    assert "char_cnn.conv.weight" in keys and model.intent_head.mlp[0].in_features == 4 * 8
+    token, _ = make(tiny_config(intent_level="token", attention_heads=2, char_encoder="bilstm"))
+    assert {"attention.attn.in_proj_weight", "char_cnn.lstm.weight_ih_l0"} <= set(token.state_dict())
+    assert token.intent_head.mlp[0].in_features == 2 * 8  # scores one token's state, not the pooled pair
+
+
+TRAIN = [(["play", "the", "beatles"], "Play", ["O", "O", "B-a"]),
+         (["wake", "me", "up", "at", "seven"], "Wake", ["O", "O", "O", "O", "B-b"]),
+         (["play", "queen", "loudly", "now"], "Play", ["O", "B-a", "O", "O"]),
+         (["wake", "me", "at", "six", "thirty"], "Wake", ["O", "O", "O", "B-b", "I-b"])]
+
+
+@pytest.mark.parametrize("kw", LEVERS, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_each_encoder_option_learns_a_tiny_training_set(kw):
+    model, vocabs = make(tiny_config(dropout=0.0, **kw))
+    model.train()
+    words, chars, mask = batch(vocabs, [w for w, _, _ in TRAIN])
+    intents = torch.tensor([vocabs.intents.stoi[i] for _, i, _ in TRAIN])
+    tags = torch.full(words.shape, -100)
+    for r, (_, _, ts) in enumerate(TRAIN):
+        tags[r, : len(ts)] = torch.tensor([TAGS.index(t) for t in ts])
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(150):
+        opt.zero_grad()
+        intent_logits, tag_scores = model(words, chars, mask)
+        loss = model.intent_head.loss(intent_logits, intents) + model.tag_head.loss(tag_scores, tags, mask)
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        intent_logits, tag_scores = model(words, chars, mask)
+        decoded = model.decode_tags(tag_scores, mask)
+    assert intent_logits.argmax(1).tolist() == intents.tolist()
+    for r, (_, _, ts) in enumerate(TRAIN):
+        assert [TAGS[k] for k in decoded[r, : len(ts)].tolist()] == ts

@@ -42,6 +42,20 @@ class ModelConfig:
     # word2vec/GloVe/fastText text file (under data/vectors/, a DVC dependency of train) to start the word
     # embeddings from; its dimension must be word_dim. "": random start
     vectors: str = ""
+    char_encoder: Literal["cnn", "bilstm"] = "cnn"  # bilstm: a BiLSTM over each word's characters
+    attention_heads: NonNegInt = 0  # > 0: a self-attention layer over the BiLSTM states (residual + norm)
+    # token: intent scored at every token, the sentence's distribution is the tokens' mean, and the tag head
+    # reads each token's own intent distribution (Stack-Propagation, Qin et al. 2019); sentence: mean+max pooling
+    intent_level: Literal["sentence", "token"] = "sentence"
+
+    def __post_init__(self):
+        if self.char_encoder == "bilstm" and self.char_dim and self.char_filters % 2:
+            raise ValueError("char_encoder 'bilstm' splits char_filters over two directions: it must be even")
+        if self.attention_heads and (2 * self.hidden_size) % self.attention_heads:
+            raise ValueError(f"attention_heads {self.attention_heads} must divide the BiLSTM state size "
+                             f"2 * hidden_size = {2 * self.hidden_size}")
+        if self.intent_level == "token" and self.sentence_head == "multi":
+            raise ValueError("intent_level 'token' needs sentence_head 'single'")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,14 +75,50 @@ class CharCNN(nn.Module):
         return x.max(2).values.view(b, t, -1)  # (B, T, F)
 
 
+class CharBiLSTM(nn.Module):
+    """Each word's characters read by a BiLSTM; the word's vector is both directions' last states."""
+
+    def __init__(self, n_chars: int, dim: int, filters: int):
+        super().__init__()
+        self.emb = nn.Embedding(n_chars, dim, padding_idx=0)
+        self.lstm = nn.LSTM(dim, filters // 2, batch_first=True, bidirectional=True)
+
+    def forward(self, chars: torch.Tensor) -> torch.Tensor:
+        b, t, c = chars.shape
+        flat = chars.view(b * t, c)
+        lengths = (flat != 0).sum(1)
+        out = torch.zeros(b * t, self.lstm.hidden_size * 2, device=chars.device)
+        real = lengths.nonzero().squeeze(1)  # padding words (no characters) stay zero
+        if len(real):
+            packed = pack_padded_sequence(self.emb(flat[real]), lengths[real].cpu(), batch_first=True,
+                                          enforce_sorted=False)
+            _, (h, _) = self.lstm(packed)  # h: (2, N, F/2)
+            out = out.index_copy(0, real, torch.cat([h[0], h[1]], -1))
+        return out.view(b, t, -1)  # (B, T, F)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the real tokens, added to its input and layer-normalised."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        a, _ = self.attn(h, h, h, key_padding_mask=~mask, need_weights=False)  # (B, T, D)
+        return self.norm(h + a).masked_fill(~mask.unsqueeze(-1), 0.0)
+
+
 def label_atoms(labels: list[str], sep: str) -> list[str]:
     """The single labels that multi-label sentence labels like 'a#b' are made of, sorted."""
     return sorted({a for lab in labels for a in lab.split(sep) if a})
 
 
 class JointModel(nn.Module):
-    """Embeddings (+ char CNN) -> BiLSTM (the shared encoder), read by a sentence head on mean+max pooling
-    and a tag head per token. The heads own their losses and decoding (twinhead.heads).
+    """Embeddings (+ char CNN or BiLSTM) -> BiLSTM (+ self-attention): the shared encoder, read by a
+    sentence head on mean+max pooling (or at every token, intent_level 'token') and a tag head per token.
+    The heads own their losses and decoding (twinhead.heads).
 
     `intents` is the intent vocabulary (its size is enough for single-label models). With
     sentence_head 'multi', the outputs are the label atoms of those intents (`a#b` -> a, b).
@@ -88,13 +138,20 @@ class JointModel(nn.Module):
         n_out = len(self.sentence_labels) if self.sentence_labels is not None else intents
         h2 = 2 * cfg.hidden_size
         self.word_emb = nn.Embedding(n_words, cfg.word_dim, padding_idx=0)
-        self.char_cnn = CharCNN(n_chars, cfg.char_dim, cfg.char_filters, cfg.char_kernel) if cfg.char_dim else None
+        if not cfg.char_dim:
+            self.char_cnn = None
+        elif cfg.char_encoder == "bilstm":
+            self.char_cnn = CharBiLSTM(n_chars, cfg.char_dim, cfg.char_filters)
+        else:
+            self.char_cnn = CharCNN(n_chars, cfg.char_dim, cfg.char_filters, cfg.char_kernel)
         in_dim = cfg.word_dim + (cfg.char_filters if cfg.char_dim else 0)
         self.drop = nn.Dropout(cfg.dropout)
         self.lstm = nn.LSTM(in_dim, cfg.hidden_size, cfg.num_layers, batch_first=True, bidirectional=True,
                             dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
-        self.intent_head = SentenceHead(2 * h2, h2, n_out, cfg.dropout, cfg.sentence_head == "multi",
-                                        cfg.multi_threshold)
+        self.attention = SelfAttention(h2, cfg.attention_heads, cfg.dropout) if cfg.attention_heads else None
+        # token level: the same MLP scores every token's state instead of the pooled (mean, max) vector
+        self.intent_head = SentenceHead(h2 if cfg.intent_level == "token" else 2 * h2, h2, n_out, cfg.dropout,
+                                        cfg.sentence_head == "multi", cfg.multi_threshold)
         tag_in = h2 + (n_out if cfg.intent_to_tags else 0)
         self.tag_head = TAG_HEADS[cfg.tag_decoder](tag_in, self.tags, cfg.bio_constraints)
 
@@ -116,14 +173,22 @@ class JointModel(nn.Module):
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         h, _ = self.lstm(packed)
         h, _ = pad_packed_sequence(h, batch_first=True, total_length=words.shape[1])  # (B, T, 2H)
+        if self.attention is not None:
+            h = self.attention(h, mask)
         h = self.drop(h)
         # Pool over real tokens only: padding positions never enter the sentence vector.
         m = mask.unsqueeze(-1)  # (B, T, 1)
-        mean = (h * m).sum(1) / m.sum(1).clamp(min=1)  # (B, 2H)
-        mx = h.masked_fill(~m, NEG).max(1).values  # (B, 2H)
-        intent_logits = self.intent_head(torch.cat([mean, mx], -1))  # (B, L)
+        if self.cfg.intent_level == "token":
+            p = torch.softmax(self.intent_head(h), -1) * m  # (B, T, L), zero at padding
+            # The sentence's distribution is the tokens' mean; its log is a logit whose softmax gives it back.
+            intent_logits = torch.log((p.sum(1) / m.sum(1).clamp(min=1)).clamp(min=1e-12))  # (B, L)
+        else:
+            mean = (h * m).sum(1) / m.sum(1).clamp(min=1)  # (B, 2H)
+            mx = h.masked_fill(~m, NEG).max(1).values  # (B, 2H)
+            intent_logits = self.intent_head(torch.cat([mean, mx], -1))  # (B, L)
+            if self.cfg.intent_to_tags:
+                p = self.intent_head.probs(intent_logits).unsqueeze(1).expand(-1, h.shape[1], -1)  # (B, T, L)
         if self.cfg.intent_to_tags:
-            p = self.intent_head.probs(intent_logits).unsqueeze(1).expand(-1, h.shape[1], -1)  # (B, T, L)
             h = torch.cat([h, p], -1)
         tag_scores = self.tag_head(h)  # (B, T, K)
         return intent_logits, tag_scores
