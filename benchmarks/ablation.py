@@ -7,7 +7,9 @@ Usage (from the project root, with the project's environment):
 
 Groups: tasks (joint / intent-only / tags-only), stopwords (keep all / drop but keep those seen in
 entities / drop all), loss_rules (sum / grad_mean / uncertainty / pcgrad), heads (softmax / crf tags),
-schedule (plateau, the default, whose runs are heads' softmax ones / the 15-epoch cosine it replaced).
+schedule (plateau, the default, whose runs are heads' softmax ones / the 15-epoch cosine it replaced),
+encoder (the defaults, whose runs are heads' crf ones / a character BiLSTM / self-attention over the BiLSTM
+states / token-level intent, each alone).
 Each configuration sets every param the group varies, so a row is what its name says whatever
 params.yaml holds. Experiments are named GROUP-CONFIG-DATASET-s<seed>; all are queued seed by seed (a
 full one-seed table exists after the first third) and run by one worker (benchmarks/seeds.py).
@@ -60,6 +62,14 @@ GROUPS: dict[str, tuple[Config, ...]] = {
         Config("cosine-15", ("train.scheduler=cosine", "train.epochs=15", "train.patience=5",
                              "model.tag_decoder=softmax")),
     ),
+    # encoder options from the literature (issue "quality"), one at a time on the defaults (CRF tags)
+    "encoder": tuple(Config(name, (*sets, "model.tag_decoder=crf"), runs_as="heads-crf" if name == "base" else None)
+                     for name, sets in (
+        ("base", ("model.char_encoder=cnn", "model.attention_heads=0", "model.intent_level=sentence")),
+        ("char-bilstm", ("model.char_encoder=bilstm", "model.attention_heads=0", "model.intent_level=sentence")),
+        ("attention-4", ("model.char_encoder=cnn", "model.attention_heads=4", "model.intent_level=sentence")),
+        ("token-intent", ("model.char_encoder=cnn", "model.attention_heads=0", "model.intent_level=token")),
+    )),
 }
 SELECT_ON = "dev_sentence_accuracy"  # the headline dev metric (train.early_stop_metric's default)
 # task -> (its single-task configuration, the metric it is judged on)
