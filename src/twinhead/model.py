@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import torch
 from pydantic import AfterValidator, Field
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from twinhead.crf import NEG
 from twinhead.heads import TAG_HEADS, SentenceHead
@@ -45,6 +45,19 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def pack(x: torch.Tensor, lengths: torch.Tensor) -> PackedSequence:
+    """pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False), the same ops, except that the
+    sort order reaches the device by a non-blocking copy from pinned memory: the plain `.to(device)` inside
+    pack_padded_sequence waits for the device to finish its queued work (a host-device sync per batch)."""
+    lengths, order = torch.sort(lengths, descending=True)  # on the host
+    if x.is_cuda:
+        order = order.pin_memory().to(x.device, non_blocking=True)
+    else:
+        order = order.to(x.device)
+    packed = pack_padded_sequence(x.index_select(0, order), lengths, batch_first=True, enforce_sorted=True)
+    return PackedSequence(packed.data, packed.batch_sizes, order, None)  # the order undone after the LSTM
 
 
 class CharCNN(nn.Module):
@@ -106,15 +119,19 @@ class JointModel(nn.Module):
     def head_parameters(self) -> dict[str, list[nn.Parameter]]:
         return {"intent": list(self.intent_head.parameters()), "tags": list(self.tag_head.parameters())}
 
-    def forward(self, words: torch.Tensor, chars: torch.Tensor, mask: torch.Tensor):
-        """words (B, T), chars (B, T, C), mask (B, T) bool -> sentence logits (B, L), tag scores (B, T, K)."""
+    def forward(self, words: torch.Tensor, chars: torch.Tensor, mask: torch.Tensor,
+                lengths: torch.Tensor | None = None):
+        """words (B, T), chars (B, T, C), mask (B, T) bool -> sentence logits (B, L), tag scores (B, T, K).
+
+        lengths: the sentence lengths (B,) on the host, when the caller has them (training does): the packing
+        then needs nothing back from the device."""
         x = self.word_emb(words)  # (B, T, E)
         if self.char_cnn is not None:
             x = torch.cat([x, self.char_cnn(chars)], -1)  # (B, T, E + F)
         x = self.drop(x)
-        lengths = mask.sum(1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        h, _ = self.lstm(packed)
+        if lengths is None:
+            lengths = mask.sum(1).clamp(min=1).cpu()
+        h, _ = self.lstm(pack(x, lengths))
         h, _ = pad_packed_sequence(h, batch_first=True, total_length=words.shape[1])  # (B, T, 2H)
         h = self.drop(h)
         # Pool over real tokens only: padding positions never enter the sentence vector.
