@@ -112,8 +112,8 @@ def run(args, p: dict, world: distributed.World) -> int:
         log.to_csv(tmp, index=False, float_format="%.6g")
     speed = log[["train_sentences_per_s", "train_words_per_s"]].median()  # of the epochs (all processes)
     summary = {"best_epoch": res.best_epoch, "epochs": len(res.history), "processes": world.size,
-               "train_sentences_per_s": float(speed["train_sentences_per_s"]),
-               "train_words_per_s": float(speed["train_words_per_s"]),
+               "median_train_sentences_per_s": float(speed["train_sentences_per_s"]),
+               "median_train_words_per_s": float(speed["train_words_per_s"]),
                "intent_temperature": calibration["temperature"],
                **{k: v for k, v in calibration.items() if k.startswith("dev_intent_ece")},
                **({"vectors_coverage": res.vectors["coverage"], "vectors_found": res.vectors["found"]}

@@ -200,5 +200,34 @@ def test_shards_cover_each_batch_once():
             assert sorted(sum(rows, [])) == list(range(n))
 
 
+@pytest.mark.e2e
+def test_train_stage_with_nproc_2_starts_torchrun_and_writes_once(tmp_path):
+    """`dvc repro` with train.nproc: 2: the stage starts itself under torchrun; rank 0 alone writes the
+    checkpoint, the log, metrics/train.json and one MLflow run."""
+    import mlflow
+    import pandas as pd
+
+    from tests.conftest import env_with_venv, make_tiny_repo, run
+
+    repo = make_tiny_repo(tmp_path / "repo", {"train": {"nproc": 2, "epochs": 2}})
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = run(["dvc", "repro", "train"], repo, env_with_venv(MLFLOW_TRACKING_URI=uri))
+    assert "train.nproc=2: " in out.stdout and "-m torch.distributed.run --standalone --nproc_per_node=2" in out.stdout
+    assert "training on cpu and 1 more process(es)" in out.stdout
+    assert out.stdout.count("best epoch ") == 1  # rank 0's summary line only
+    summary = json.loads((repo / "metrics/train.json").read_text())
+    assert summary["processes"] == 2 and summary["epochs"] == 2
+    assert 0 < summary["median_train_sentences_per_s"] < summary["median_train_words_per_s"]
+    log = pd.read_csv(repo / "metrics/train_log.csv")
+    assert list(log["epoch"]) == [1, 2] and (log["train_words_per_s"] > 0).all()
+    assert torch.load(repo / "models/checkpoint.pt", weights_only=True)["state_dict"]
+    run_id = json.loads((repo / "models/mlflow_run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("twinhead").experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id]
+    assert runs[0].data.tags["train_processes"] == "2"
+    assert [m.step for m in client.get_metric_history(run_id, "train_words_per_s")] == [1, 2]
+
+
 if __name__ == "__main__":
     worker(sys.argv[1])
