@@ -229,5 +229,28 @@ def test_train_stage_with_nproc_2_starts_torchrun_and_writes_once(tmp_path):
     assert [m.step for m in client.get_metric_history(run_id, "train_words_per_s")] == [1, 2]
 
 
+def test_gpu_benchmark_script_runs_on_the_cpu_and_writes_its_report(tmp_path):
+    """benchmarks/gpu.sh end to end, on the CPU with one epoch on a small sample, so that it cannot rot
+    while no GPU runs it."""
+    from tests.conftest import env_with_venv, snips_sample
+
+    data = snips_sample(tmp_path / "raw", {"train": 60, "dev": 20, "test": 20})
+    out = tmp_path / "out"
+    res = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--device", "cpu", "--epochs", "1"],
+                         env=env_with_venv(PYTHON=sys.executable, DATA=str(data), OUT=str(out)),
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    report = json.loads((out / "gpu.json").read_text())
+    assert report["device"].startswith("cpu") and report["epochs"] == 1
+    assert set(report["results"]) == {"fp32", "bf16"}
+    for r in report["results"].values():
+        assert r["train_sentences_per_s"] > 0 and r["predict_sentences_per_s"] > 0
+        assert r["train_words_per_s"] > r["train_sentences_per_s"]
+        assert 0 <= r["test_sentence_accuracy"] <= r["test_intent_accuracy"] <= 1
+        assert r["host_syncs_in_training_steps"] is None  # counted on CUDA only
+    assert report["results"]["fp32"]["lstm_dtype"] == "torch.float32"
+    assert "predict_sentences_per_s" in res.stdout and report["device"] in res.stdout
+
+
 if __name__ == "__main__":
     worker(sys.argv[1])
