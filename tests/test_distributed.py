@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from twinhead.model import ModelConfig  # noqa: E402
-from twinhead.train import TrainConfig, train  # noqa: E402
+from twinhead.train import TIMING, TrainConfig, train  # noqa: E402
 
 MODEL = {"word_dim": 16, "char_dim": 8, "char_filters": 8, "hidden_size": 16, "num_layers": 1,
          "dropout": 0.0}  # dropout 0: the ranks' own dropout masks would make any comparison with 1 process moot
@@ -30,7 +30,6 @@ RUNS = {
     "grad_mean": {"loss_rule": "grad_mean"},  # per-task autograd.grad: no_sync, then one all-reduce
     "tags only": {"tasks": ["tags"], "loss_rule": "sum"},  # the intent head gets no gradient: DDP told so
 }
-TIMING = ("seconds", "train_sentences_per_s", "train_words_per_s")
 
 
 def worker(spec_path: str) -> None:

@@ -39,7 +39,9 @@ MCFG = ModelConfig(word_dim=12, char_dim=6, char_filters=6, hidden_size=12, num_
 
 
 def without_seconds(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+    from twinhead.train import TIMING
+
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in history]
 
 
 # --- fail points ------------------------------------------------------------------------------

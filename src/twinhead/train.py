@@ -47,6 +47,8 @@ from twinhead.vocab import Vocabs
 
 STATE_FORMAT = "twinhead-train-state/3"
 METRICS = ("intent_accuracy", "slot_f1", "sentence_accuracy")  # dev metrics logged per epoch
+# the per-epoch log's wall-clock columns: the only ones that differ between two identical runs
+TIMING = ("seconds", "train_sentences_per_s", "train_words_per_s")
 
 
 PCGRAD_ALONE = ("loss_rule 'pcgrad' projects each task's gradient over the whole batch, which no process of a "
