@@ -57,7 +57,15 @@ def pack(x: torch.Tensor, lengths: torch.Tensor) -> PackedSequence:
     else:
         order = order.to(x.device)
     packed = pack_padded_sequence(x.index_select(0, order), lengths, batch_first=True, enforce_sorted=True)
-    return PackedSequence(packed.data, packed.batch_sizes, order, None)  # the order undone after the LSTM
+    return PackedSequence(packed.data, packed.batch_sizes, order, None)  # the order undone by `unpack`
+
+
+def unpack(h: PackedSequence, total_length: int) -> torch.Tensor:
+    """pad_packed_sequence(h, batch_first=True, total_length=...)[0], the same ops, without the copy of the
+    order back to the host that it makes for the lengths it also returns (a sync per batch on CUDA)."""
+    padded, _ = pad_packed_sequence(PackedSequence(h.data, h.batch_sizes), batch_first=True,
+                                    total_length=total_length)
+    return padded.index_select(0, h.unsorted_indices)  # (B, T, 2H) in the input's order
 
 
 class CharCNN(nn.Module):
@@ -132,7 +140,7 @@ class JointModel(nn.Module):
         if lengths is None:
             lengths = mask.sum(1).clamp(min=1).cpu()
         h, _ = self.lstm(pack(x, lengths))
-        h, _ = pad_packed_sequence(h, batch_first=True, total_length=words.shape[1])  # (B, T, 2H)
+        h = unpack(h, words.shape[1])  # (B, T, 2H)
         h = self.drop(h)
         # Pool over real tokens only: padding positions never enter the sentence vector.
         m = mask.unsqueeze(-1)  # (B, T, 1)
