@@ -175,7 +175,7 @@ def test_state_identity_covers_device_and_code(tiny_data):
     gpu = state_identity(MCFG, tcfg, 7, vocabs, tr, dev, torch.device("cuda:1"))
     assert {k for k in cpu if cpu[k] != gpu[k]} == {"device"}
     assert cpu["code"] == train_mod.code_digest() and len(cpu["code"]) == 64
-    assert set(cpu) == {"params", "data", "code", "torch version", "device", "threads"}
+    assert set(cpu) == {"params", "data", "code", "torch version", "device", "threads", "processes"}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="here 'auto' is CUDA, another device than 'cpu'")
