@@ -6,9 +6,14 @@ Outputs: CHECKPOINT (state_dict + model config + vocabularies + preprocessing se
          LOG (metrics/train_log.csv: one row per epoch), --summary (metrics/train.json), RUN_FILE (the
          MLflow run id for the later stages). The resumable training state lives in --state (not a DVC output).
 Params:  base, model, train, mlflow.
+
+With train.nproc > 1 this stage starts itself again under torchrun (torch.distributed.run) on that many local
+processes; started by torchrun already (a cluster: see README, "Training on torchrun"), it joins the process
+group. Rank 0 alone writes the outputs and the MLflow run.
 """
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +26,7 @@ check_environment()
 
 import pandas as pd
 
-from twinhead import fileio
+from twinhead import distributed, fileio
 from twinhead.checkpoint import build_model, save_checkpoint
 from twinhead.model import ModelConfig
 from twinhead.params import BaseConfig, as_dict, flatten, load_config
@@ -46,8 +51,24 @@ def main() -> int:
                     help="best epoch, epochs run, pretrained-vector coverage (a DVC metric)")
     args = ap.parse_args()
     p = load_config(SECTIONS)
+    tcfg = p["train"]
+    if tcfg.nproc > 1 and not distributed.launched():
+        cmd = distributed.torchrun_command(tcfg.nproc, __file__, sys.argv[1:])
+        print(f"train.nproc={tcfg.nproc}: {' '.join(cmd)}", flush=True)
+        return subprocess.run(cmd).returncode
+    distributed.check_nproc(tcfg.nproc)
+    device = resolve_device(tcfg.device, distributed.env_world())
+    with distributed.process_group(device) as world:
+        return run(args, p, world)
+
+
+def run(args, p: dict, world: distributed.World) -> int:
     mcfg, tcfg = p["model"], p["train"]
-    device = str(resolve_device(tcfg.device))
+    device = str(resolve_device(tcfg.device, world))
+    if not world.main:  # the other ranks train alongside rank 0 and write nothing
+        train(load_split(args.processed, "train"), load_split(args.processed, "dev"), Vocabs.load(args.vocab),
+              mcfg, tcfg, p["base"].seed, state_path=args.state)
+        return 0
     meta = fileio.read_json(f"{args.processed}/meta.json")
     vocab_meta = fileio.read_json(f"{args.vocab}/meta.json")
     vocabs = Vocabs.load(args.vocab)
@@ -55,14 +76,15 @@ def main() -> int:
 
     tracker = Tracker.start(p["mlflow"], "train")
     tracker.write_run_file(args.run_file)
-    tracker.set_tags(run_tags(device))
+    tracker.set_tags({**run_tags(device), "train_processes": str(world.size)})
     # The params that produced this run's inputs (recorded upstream) and this stage's own.
     params = {**meta["params"], **vocab_meta["params"], **as_dict(p)}
     tracker.log_params(params)
     tracker.join_cross_validation(flatten(params))  # a fold of benchmarks/cv.py: under its parent run
     tracker.log_input(train_df, meta["dataset"], "training")
 
-    print(f"training on {device}: {len(train_df)} train / {len(dev_df)} dev sentences", flush=True)
+    print(f"training on {device}" + (f" and {world.size - 1} more process(es)" if world.size > 1 else "")
+          + f": {len(train_df)} train / {len(dev_df)} dev sentences", flush=True)
     res = train(train_df, dev_df, vocabs, mcfg, tcfg, p["base"].seed, state_path=args.state,
                 on_epoch=lambda row: tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"},
                                                          step=row["epoch"]))
@@ -88,7 +110,10 @@ def main() -> int:
     log["selected"] = (log["epoch"] == res.best_epoch).astype(int)  # the epoch whose weights were kept
     with fileio.atomic_path(args.log) as tmp:
         log.to_csv(tmp, index=False, float_format="%.6g")
-    summary = {"best_epoch": res.best_epoch, "epochs": len(res.history),
+    speed = log[["train_sentences_per_s", "train_words_per_s"]].median()  # of the epochs (all processes)
+    summary = {"best_epoch": res.best_epoch, "epochs": len(res.history), "processes": world.size,
+               "median_train_sentences_per_s": float(speed["train_sentences_per_s"]),
+               "median_train_words_per_s": float(speed["train_words_per_s"]),
                "intent_temperature": calibration["temperature"],
                **{k: v for k, v in calibration.items() if k.startswith("dev_intent_ece")},
                **({"vectors_coverage": res.vectors["coverage"], "vectors_found": res.vectors["found"]}

@@ -39,7 +39,9 @@ MCFG = ModelConfig(word_dim=12, char_dim=6, char_filters=6, hidden_size=12, num_
 
 
 def without_seconds(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+    from twinhead.train import TIMING
+
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in history]
 
 
 # --- fail points ------------------------------------------------------------------------------
@@ -173,7 +175,7 @@ def test_state_identity_covers_device_and_code(tiny_data):
     gpu = state_identity(MCFG, tcfg, 7, vocabs, tr, dev, torch.device("cuda:1"))
     assert {k for k in cpu if cpu[k] != gpu[k]} == {"device"}
     assert cpu["code"] == train_mod.code_digest() and len(cpu["code"]) == 64
-    assert set(cpu) == {"params", "data", "code", "torch version", "device", "threads"}
+    assert set(cpu) == {"params", "data", "code", "torch version", "device", "threads", "processes"}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="here 'auto' is CUDA, another device than 'cpu'")

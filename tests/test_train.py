@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -47,7 +49,7 @@ def test_train_step_gives_the_rules_gradients_on_the_joint_model(data, rule):
     state = new_state(model, tcfg, steps_per_epoch=1, seed=0)
     state.optimizer.step = lambda: None  # keep the weights: the gradients are what is checked
 
-    words, chars, mask, tags, intents = batch
+    words, chars, mask, tags, intents = batch[:5]
     intent_logits, tag_scores = model(words, chars, mask)
     li, lt = model.intent_head.loss(intent_logits, intents), model.tag_head.loss(tag_scores, tags, mask)
     shared, intent_p, tag_p = model.shared_parameters(), model.head_parameters()["intent"], \
@@ -75,7 +77,11 @@ def test_training_logs_conflict_and_weights_per_epoch(data):
     tr, dev, vocabs = data
     res = train(tr, dev, vocabs, MCFG, TrainConfig(epochs=2, batch_size=16, lr=0.01, conflict_every=2,
                                                    loss_rule="pcgrad"), seed=1, progress=False)
+    words = sum(min(len(w), MCFG.max_len) for w in tr["words"] if len(w))
     for row in res.history:
+        # the speed of the epoch's training pass (not its dev evaluation): every train sentence once
+        assert row["train_words_per_s"] / row["train_sentences_per_s"] == pytest.approx(words / len(tr))
+        assert row["train_sentences_per_s"] * row["seconds"] >= len(tr)
         assert -1.0 <= row["train_grad_cosine"] <= 1.0
         assert row["train_intent_weight"] == 1.0 and row["train_tags_weight"] == 1.0
         assert row["train_loss"] == pytest.approx(row["train_intent_loss"] + row["train_tags_loss"], rel=1e-5)
@@ -157,3 +163,29 @@ def test_plateau_schedule_decays_lr_only_after_the_dev_metric_stalls(data):
         expected.append(nxt)
     assert lrs == pytest.approx(expected)
     assert min(lrs) < tcfg.lr, "the run must stall at least once for this test to mean anything"
+
+
+def test_bf16_runs_the_training_forward_in_bfloat16_and_still_learns(data):
+    """train.precision bf16: torch.autocast on the CPU too (this test), so the code path a GPU takes runs here.
+    The weights stay float32; dev evaluation stays float32 (what the exported bundle computes)."""
+    tr, dev, vocabs = data
+    tcfg = TrainConfig(epochs=3, batch_size=16, lr=0.01, patience=0, precision="bf16")
+    seen: dict[bool, set] = {True: set(), False: set()}  # module.training -> dtypes of the Linear layers' outputs
+
+    def record(module, args, out):
+        if isinstance(module, torch.nn.Linear):
+            seen[module.training].add(out.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        bf16 = train(tr, dev, vocabs, MCFG, tcfg, seed=6, progress=False)
+    finally:
+        handle.remove()
+    assert seen == {True: {torch.bfloat16}, False: {torch.float32}}
+    assert all(v.dtype in (torch.float32, torch.int64) for v in bf16.best_state.values())
+    fp32 = train(tr, dev, vocabs, MCFG, dataclasses.replace(tcfg, precision="fp32"), seed=6, progress=False)
+    first, last = bf16.history[0], bf16.history[-1]
+    assert last["train_loss"] < 0.8 * first["train_loss"]
+    # the same run, rounded differently: close to fp32's losses, not equal to them
+    assert first["train_loss"] != fp32.history[0]["train_loss"]
+    assert first["train_loss"] == pytest.approx(fp32.history[0]["train_loss"], rel=0.02)

@@ -167,9 +167,13 @@ class CRF(nn.Module):
         no_first = ~mask[:, 0]
         holes = mask[:, 1:] & ~mask[:, :-1]
         bad_tags = ((tags < 0) | (tags >= k)) & mask if tags is not None else None
-        # One host sync for all checks together; the diagnosis below runs only on failure.
+        # One host sync for all checks together; the diagnosis below runs only on failure. On an accelerator
+        # the check stays on the device (no sync in the training step): a failure is a device-side assert.
         flags = [no_first.any(), holes.any()] + ([bad_tags.any()] if bad_tags is not None else [])
-        if bool(torch.stack(flags).any()):
+        bad = torch.stack(flags).any()
+        if bad.device.type != "cpu":
+            torch._assert_async(~bad, "CRF: invalid mask or tags (see CRF._check; rerun on the CPU to diagnose)")
+        elif bool(bad):
             if no_first.any():
                 raise ValueError("CRF mask: every sentence needs a real first token (mask[:, 0] must be all True)")
             if holes.any():

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import torch
 from pydantic import AfterValidator, Field
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from twinhead.crf import NEG
 from twinhead.heads import TAG_HEADS, SentenceHead
@@ -59,6 +59,27 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def pack(x: torch.Tensor, lengths: torch.Tensor) -> PackedSequence:
+    """pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False), the same ops, except that the
+    sort order reaches the device by a non-blocking copy from pinned memory: the plain `.to(device)` inside
+    pack_padded_sequence waits for the device to finish its queued work (a host-device sync per batch)."""
+    lengths, order = torch.sort(lengths, descending=True)  # on the host
+    if x.is_cuda:
+        order = order.pin_memory().to(x.device, non_blocking=True)
+    else:
+        order = order.to(x.device)
+    packed = pack_padded_sequence(x.index_select(0, order), lengths, batch_first=True, enforce_sorted=True)
+    return PackedSequence(packed.data, packed.batch_sizes, order, None)  # the order undone by `unpack`
+
+
+def unpack(h: PackedSequence, total_length: int) -> torch.Tensor:
+    """pad_packed_sequence(h, batch_first=True, total_length=...)[0], the same ops, without the copy of the
+    order back to the host that it makes for the lengths it also returns (a sync per batch on CUDA)."""
+    padded, _ = pad_packed_sequence(PackedSequence(h.data, h.batch_sizes), batch_first=True,
+                                    total_length=total_length)
+    return padded.index_select(0, h.unsorted_indices)  # (B, T, 2H) in the input's order
 
 
 class CharCNN(nn.Module):
@@ -163,16 +184,20 @@ class JointModel(nn.Module):
     def head_parameters(self) -> dict[str, list[nn.Parameter]]:
         return {"intent": list(self.intent_head.parameters()), "tags": list(self.tag_head.parameters())}
 
-    def forward(self, words: torch.Tensor, chars: torch.Tensor, mask: torch.Tensor):
-        """words (B, T), chars (B, T, C), mask (B, T) bool -> sentence logits (B, L), tag scores (B, T, K)."""
+    def forward(self, words: torch.Tensor, chars: torch.Tensor, mask: torch.Tensor,
+                lengths: torch.Tensor | None = None):
+        """words (B, T), chars (B, T, C), mask (B, T) bool -> sentence logits (B, L), tag scores (B, T, K).
+
+        lengths: the sentence lengths (B,) on the host, when the caller has them (training does): the packing
+        then needs nothing back from the device."""
         x = self.word_emb(words)  # (B, T, E)
         if self.char_cnn is not None:
             x = torch.cat([x, self.char_cnn(chars)], -1)  # (B, T, E + F)
         x = self.drop(x)
-        lengths = mask.sum(1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        h, _ = self.lstm(packed)
-        h, _ = pad_packed_sequence(h, batch_first=True, total_length=words.shape[1])  # (B, T, 2H)
+        if lengths is None:
+            lengths = mask.sum(1).clamp(min=1).cpu()
+        h, _ = self.lstm(pack(x, lengths))
+        h = unpack(h, words.shape[1])  # (B, T, 2H)
         if self.attention is not None:
             h = self.attention(h, mask)
         h = self.drop(h)

@@ -4,10 +4,16 @@ A run is a TrainState (model, optimizer, schedule, loss rule, RNG, epoch, best s
 `train_step` (one batch: losses, the rule's backward, clipping, one optimizer step) and an epoch loop with
 early stopping on a dev metric. Seeded and resumable: the full state is written after every epoch, so a
 killed run started again continues where it stopped and ends exactly where an uninterrupted run would.
+
+The same step serves one process or N (torchrun, train.nproc; twinhead.distributed): each rank trains on its
+rows of every global batch, DDP averages the gradients, rank 0 evaluates on dev and its decision reaches all.
+On CUDA the step never waits for the device: batches travel from pinned memory without blocking, the losses
+are summed on the device and read once per epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -19,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -27,8 +33,9 @@ import torch
 from pydantic import AfterValidator, Field
 from torch import nn
 
-from twinhead import fileio
+from twinhead import distributed, fileio
 from twinhead.checkpoint import build_model, safe_torch_load
+from twinhead.distributed import GradSync, World
 from twinhead.errors import TwinheadError
 from twinhead.inference import collate, encode, predict_frame, predict_mapped
 from twinhead.metrics import summary
@@ -38,8 +45,14 @@ from twinhead.params import Fraction, NonNegFloat, NonNegInt, PosInt, section
 from twinhead.vectors import init_embeddings
 from twinhead.vocab import Vocabs
 
-STATE_FORMAT = "twinhead-train-state/2"
+STATE_FORMAT = "twinhead-train-state/3"
 METRICS = ("intent_accuracy", "slot_f1", "sentence_accuracy")  # dev metrics logged per epoch
+# the per-epoch log's wall-clock columns: the only ones that differ between two identical runs
+TIMING = ("seconds", "train_sentences_per_s", "train_words_per_s")
+
+
+PCGRAD_ALONE = ("loss_rule 'pcgrad' projects each task's gradient over the whole batch, which no process of a "
+                "multi-process run holds: use train.nproc: 1 with it, or another train.loss_rule")
 
 
 def _device_name(name: str) -> str:
@@ -74,6 +87,8 @@ class TrainConfig:
     loss_rule: Literal[RULES] = "uncertainty"  # how the task losses become gradients (twinhead.mtl)
     conflict_every: NonNegInt = 10  # measure task-gradient conflict on every n-th step (0: never)
     calibrate: bool = True  # fit the intent temperature on dev after training (twinhead.calibration)
+    nproc: PosInt = 1  # training processes on this node (torchrun + DDP; see README, "Training on torchrun")
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: the forward pass under torch.autocast(bfloat16)
 
     def __post_init__(self):
         if len(set(self.tasks)) != len(self.tasks):
@@ -83,23 +98,34 @@ class TrainConfig:
             raise ValueError("every trained task has loss weight 0: nothing to learn")
         if self.loss_rule == "uncertainty" and any(w != 1 for w in weights.values()):
             raise ValueError("loss_rule 'uncertainty' learns the task weights: intent_weight and tag_weight must be 1")
+        if self.loss_rule == "pcgrad" and self.nproc > 1:
+            raise ValueError(PCGRAD_ALONE)
 
     def task_weights(self) -> dict[str, float]:
         return {t: {"intent": self.intent_weight, "tags": self.tag_weight}[t] for t in self.tasks}
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, world: World | None = None) -> torch.device:
+    """train.device as a torch device. Among N processes, 'auto' and 'cuda' mean this rank's own GPU
+    (cuda:<local rank>); a fixed cuda:<index> would put every rank on one GPU and is refused."""
+    world = world or World()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TwinheadError(f"params: train.device={name!r} but CUDA is not available here")
+    if world.size > 1 and name.startswith("cuda"):
+        if name != "cuda":
+            raise TwinheadError(f"params.yaml: train.device is {name!r}, one GPU for all {world.size} processes; "
+                                "use cuda or auto (each process takes the GPU of its local rank)")
+        return torch.device("cuda", world.local_rank)
     return torch.device(name)
 
 
-def set_determinism(seed: int, tcfg: TrainConfig) -> None:
+def set_determinism(seed: int, tcfg: TrainConfig, rank: int = 0) -> None:
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    # Rank 0 draws what a single process draws; the others their own dropout masks (not rank 0's copies).
+    torch.manual_seed(seed if rank == 0 else seed + 1_000_003 * rank)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     if tcfg.deterministic:
@@ -140,6 +166,7 @@ def state_identity(mcfg: ModelConfig, tcfg: TrainConfig, seed: int, vocabs: Voca
         "torch version": str(torch.__version__),  # a plain str: TorchVersion does not load weights-only
         "device": str(device),
         "threads": str(torch.get_num_threads()),
+        "processes": str(distributed.current().size),
     }
 
 
@@ -150,6 +177,20 @@ def _state_mismatch(saved, now: dict[str, str]) -> str:
     diffs = [k if len(now[k]) > 32 else f"{k} ({saved.get(k)} -> {now[k]})"
              for k in now if saved.get(k) != now[k]]
     return f"it belongs to other {', '.join(diffs)}" if diffs else ""
+
+
+class Batch(NamedTuple):
+    """One rank's rows of a training batch, on the device (lengths on the host, for the LSTM's packing)."""
+
+    words: torch.Tensor  # (B, T)
+    chars: torch.Tensor  # (B, T, C)
+    mask: torch.Tensor  # (B, T) bool
+    tags: torch.Tensor  # (B, T), -100 at padding
+    intents: torch.Tensor  # (B,) ids or (B, L) multi-hot
+    lengths: torch.Tensor | None = None  # (B,) int64 on the host
+    # each task loss's factor: this rank's share of the batch times the number of ranks, so that DDP's mean
+    # over ranks is the loss of the whole batch (1.0 with one process; 0 for a rank with no rows)
+    scale: dict[str, float] | None = None
 
 
 class TrainData:
@@ -172,6 +213,7 @@ class TrainData:
             intents.append(intent)
             self.single.append([counts[w] == 1 for w in ws])
         self.intents = intent_targets(intents)  # (N,) or (N, L)
+        self.words = sum(len(t) for t in self.tags)  # words read per epoch
 
     def __len__(self) -> int:
         return len(self.items)
@@ -187,18 +229,60 @@ class TrainData:
             out.extend(chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size))
         return [out[k] for k in torch.randperm(len(out), generator=gen).tolist()]
 
-    def batch(self, idx: list[int], device, word_dropout: float, gen: torch.Generator):
-        words, chars, mask = collate([self.items[i] for i in idx], "cpu")
+    def batch(self, idx: list[int], device, word_dropout: float, gen: torch.Generator,
+              world: World | None = None) -> Batch:
+        """This rank's rows of the batch `idx` (all of them with one process) on `device`."""
+        world = world or World()
+        device = torch.device(device)
+        lens = [len(self.tags[i]) for i in idx]
+        # Drawn for the whole batch on every rank: the draws of one process, and the generator (which orders
+        # the next batches) stays in step on all ranks.
+        draws = torch.rand((len(idx), max(lens)), generator=gen) if word_dropout > 0 else None
+        rows = distributed.shard_rows(len(idx), world)
+        scale = None
+        if world.size > 1:
+            n_words = sum(lens[r] for r in rows)
+            scale = {"intent": world.size * len(rows) / len(idx), "tags": world.size * n_words / sum(lens)}
+            rows = rows or [0]  # no rows left for this rank: it still takes part, with a weight of 0
+        mine = [idx[r] for r in rows]
+        words, chars, mask = collate([self.items[i] for i in mine], "cpu")
         tags = torch.full(words.shape, -100, dtype=torch.long)  # -100: ignored by the loss (padding)
         single = torch.zeros(words.shape, dtype=torch.bool)
-        for r, i in enumerate(idx):
+        for r, i in enumerate(mine):
             tags[r, : len(self.tags[i])] = torch.tensor(self.tags[i])
             single[r, : len(self.single[i])] = torch.tensor(self.single[i])
-        if word_dropout > 0:
-            drop = (torch.rand(words.shape, generator=gen) < word_dropout) & single
+        if draws is not None:
+            drop = (draws[rows, : words.shape[1]] < word_dropout) & single
             words = words.masked_fill(drop, 1)  # 1 = <unk>
-        intents = self.intents[torch.tensor(idx)]
-        return (words.to(device), chars.to(device), mask.to(device), tags.to(device), intents.to(device))
+        intents = self.intents[torch.tensor(mine)]
+        lengths = torch.tensor([lens[r] for r in rows])
+        tensors = (words, chars, mask, tags, intents)
+        if device.type == "cuda":  # pinned: the copies below return at once and overlap the step before
+            tensors = tuple(t.pin_memory().to(device, non_blocking=True) for t in tensors)
+        else:
+            tensors = tuple(t.to(device) for t in tensors)
+        return Batch(*tensors, lengths=lengths, scale=scale)
+
+
+class TaskLosses(nn.Module):
+    """The trained tasks' losses on a batch. This is what DDP wraps: it holds every trained parameter (the
+    model's and the loss rule's learned task weights), so that one step serves one process or N."""
+
+    def __init__(self, model: JointModel, rule: LossRule, tasks: list[str]):
+        super().__init__()
+        self.model, self.rule, self.tasks = model, rule, list(tasks)
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        model = self.model
+        intent_logits, tag_scores = model(batch.words, batch.chars, batch.mask, batch.lengths)
+        losses = {}
+        if "intent" in self.tasks:
+            losses["intent"] = model.intent_head.loss(intent_logits, batch.intents)
+        if "tags" in self.tasks:
+            losses["tags"] = model.tag_head.loss(tag_scores, batch.tags, batch.mask)
+        if batch.scale is not None:
+            losses = {t: v * batch.scale[t] for t, v in losses.items()}
+        return losses
 
 
 def evaluate_frame(model, vocabs: Vocabs, df: pd.DataFrame, batch_size: int) -> tuple[dict, list[str], list]:
@@ -280,6 +364,7 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler  # per step, or per epoch when ReduceLROnPlateau
     rule: LossRule  # how the task losses become gradients; holds learned task weights (uncertainty)
     gen: torch.Generator  # batch order, word dropout, pcgrad's order
+    sync: GradSync  # the losses module (DDP-wrapped among N processes) and how gradients reach every rank
     epoch: int = 0  # epochs done
     best_score: tuple[float, float] = (-1.0, -1.0)  # selection_score of the best epoch
     best_epoch: int = 0
@@ -308,10 +393,20 @@ class TrainState:
         self.history, self.best_state, self.best_scores = st["history"], st["best_state"], st["best_scores"]
 
 
-def new_state(model: JointModel, tcfg: TrainConfig, steps_per_epoch: int, seed: int) -> TrainState:
-    """Fresh optimizer (Adam; the rule's learned weights without weight decay), schedule, rule and RNG."""
+def new_state(model: JointModel, tcfg: TrainConfig, steps_per_epoch: int, seed: int,
+              world: World | None = None) -> TrainState:
+    """Fresh optimizer (Adam; the rule's learned weights without weight decay), schedule, rule and RNG; among
+    N processes the losses module is wrapped in DDP (which gives every rank rank 0's weights)."""
+    world = world or World()
+    if world.size > 1 and tcfg.loss_rule == "pcgrad":
+        raise TwinheadError(f"params.yaml: train.loss_rule: {PCGRAD_ALONE} ({world.size} processes here)")
     gen = torch.Generator().manual_seed(seed)
     rule = make_rule(tcfg.loss_rule, tcfg.tasks, tcfg.task_weights(), gen).to(next(model.parameters()).device)
+    # grad_mean writes .grad itself (autograd.grad per task); sum and uncertainty are one backward, which
+    # DDP's hooks reduce. One task: every rule is one backward, and the other head gets no gradient.
+    sync = GradSync(TaskLosses(model, rule, tcfg.tasks), world,
+                    rule_writes_grads=tcfg.loss_rule == "grad_mean" and len(tcfg.tasks) > 1,
+                    find_unused=len(tcfg.tasks) == 1)
     groups = [{"params": list(model.parameters())}]
     if list(rule.parameters()):
         groups.append({"params": list(rule.parameters()), "weight_decay": 0.0})
@@ -323,24 +418,31 @@ def new_state(model: JointModel, tcfg: TrainConfig, steps_per_epoch: int, seed: 
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tcfg.epochs * steps_per_epoch)
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    return TrainState(model, opt, sched, rule, gen)
+    return TrainState(model, opt, sched, rule, gen, sync)
 
 
-def train_step(state: TrainState, batch: tuple, tcfg: TrainConfig, measure_conflict: bool = False) -> StepStats:
-    """One optimizer step on one batch: each trained head's loss, the loss rule's gradients, clipping.
+def autocast(device: torch.device, precision: str):
+    """The forward pass's precision: bf16 runs it under torch.autocast (CPU and CUDA); fp32 changes nothing."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step(state: TrainState, batch: Batch, tcfg: TrainConfig, measure_conflict: bool = False) -> StepStats:
+    """One optimizer step on one batch (this rank's rows of it): each trained head's loss, the loss rule's
+    gradients (averaged over the ranks), clipping. Nothing here waits for the device.
 
     Returns the rule's StepStats (detached tensors: reading them is the only host-device sync)."""
     model = state.model
-    words, chars, mask, tags, intents = batch
-    intent_logits, tag_scores = model(words, chars, mask)
-    losses = {}
-    if "intent" in tcfg.tasks:
-        losses["intent"] = model.intent_head.loss(intent_logits, intents)
-    if "tags" in tcfg.tasks:
-        losses["tags"] = model.tag_head.loss(tag_scores, tags, mask)
-    state.optimizer.zero_grad(set_to_none=True)
-    heads = {t: ps for t, ps in model.head_parameters().items() if t in losses}
-    stats = state.rule.backward(losses, model.parameters(), heads, measure_conflict)
+    if not isinstance(batch, Batch):  # a plain (words, chars, mask, tags, intents) tuple
+        batch = Batch(*batch)
+    with state.sync.context():
+        with autocast(batch.words.device, tcfg.precision):
+            losses = state.sync.net(batch)
+        state.optimizer.zero_grad(set_to_none=True)
+        heads = {t: ps for t, ps in model.head_parameters().items() if t in losses}
+        stats = state.rule.backward(losses, model.parameters(), heads, measure_conflict)
+    state.sync.finish()
     if tcfg.grad_clip:
         nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
     state.optimizer.step()
@@ -351,34 +453,64 @@ def train_step(state: TrainState, batch: tuple, tcfg: TrainConfig, measure_confl
 
 def run_epoch(state: TrainState, data: TrainData, tcfg: TrainConfig, device, progress: bool = True) -> dict:
     """One pass over the shuffled train batches; returns the epoch's mean losses, effective task weights
-    and mean gradient cosine between the tasks (on every `conflict_every`-th step) as train_* floats."""
+    and mean gradient cosine between the tasks (on every `conflict_every`-th step) as train_* floats, and
+    the training speed (train_sentences_per_s, train_words_per_s: all ranks together).
+
+    Among N processes the sums are added over the ranks once, at the end: the losses are those of the whole
+    batches, as with one process; the gradient cosine is the mean of the ranks' (each on its own rows)."""
     from tqdm import tqdm
 
     from twinhead import failpoints
 
+    world = state.sync.world
+    t0 = time.perf_counter()
     state.model.train()
     sums: dict[str, torch.Tensor | float] = {}
     cosines = []
     batches = data.batches(tcfg.batch_size, state.gen)
-    bar = tqdm(batches, desc=f"epoch {state.epoch + 1}/{tcfg.epochs}", unit="batch", disable=not progress,
-               mininterval=1.0, leave=False)
+    bar = tqdm(batches, desc=f"epoch {state.epoch + 1}/{tcfg.epochs}", unit="batch",
+               disable=not (progress and world.main), mininterval=1.0, leave=False)
     for step, idx in enumerate(bar, start=1):
         measure = bool(tcfg.conflict_every) and step % tcfg.conflict_every == 0 and len(tcfg.tasks) > 1
-        stats = train_step(state, data.batch(idx, device, tcfg.word_dropout, state.gen), tcfg, measure)
+        stats = train_step(state, data.batch(idx, device, tcfg.word_dropout, state.gen, world), tcfg, measure)
         failpoints.hit("train:step")
-        n = len(idx)
+        # a rank's stats are its share of the batch's, times the number of ranks (Batch.scale)
+        n = len(idx) if world.size == 1 else len(idx) / world.size
         parts = {"loss": stats.loss, **{f"{t}_loss": v for t, v in stats.task_losses.items()},
                  **{f"{t}_weight": v for t, v in stats.weights.items()}}
         for k, v in parts.items():  # tensors stay on the device: no sync per step
             sums[k] = sums.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else v) * n
         if stats.cosine is not None:
             cosines.append(stats.cosine.detach())
-        if progress and step % 50 == 0:
-            bar.set_postfix(loss=f"{float(stats.loss):.3f}", refresh=False)
     bar.close()
-    row = {f"train_{k}": float(v) / len(data) for k, v in sums.items()}
-    row["train_grad_cosine"] = float(torch.stack(cosines).mean()) if cosines else None  # None: not measured
+    keys = list(sums)
+    vals = [sums[k] for k in keys] + ([torch.stack(cosines).mean()] if cosines else [])
+    if world.size == 1:
+        read = [float(v) for v in vals]
+    else:  # one all-reduce for all of them (on the device: NCCL reduces CUDA tensors only)
+        packed = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in vals])
+        read = (distributed.all_sum(packed, world) / torch.tensor([1.0] * len(keys) + [world.size] * bool(cosines),
+                                                                  dtype=torch.float64, device=device)).tolist()
+    row = {f"train_{k}": v / len(data) for k, v in zip(keys, read)}
+    row["train_grad_cosine"] = read[-1] if cosines else None  # None: not measured
+    seconds = time.perf_counter() - t0  # after the read above, which waits for the device to finish
+    row["train_sentences_per_s"] = len(data) / seconds
+    row["train_words_per_s"] = data.words / seconds
     return row
+
+
+def _rank_rng() -> dict:
+    """This process's own RNG (dropout): the CPU one and, on CUDA, its GPU's."""
+    st = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state()
+    return st
+
+
+def _set_rank_rng(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state(st["cuda"])
 
 
 def train(
@@ -394,6 +526,10 @@ def train(
 ) -> TrainResult:
     """Train the model on `tcfg.tasks`, early-stopping on a dev metric; return the best weights and the history.
 
+    Inside an initialised process group (torchrun; twinhead.distributed.process_group) every rank calls this
+    with the same arguments: each trains on its rows of every batch; rank 0 alone evaluates on dev, prints,
+    writes the state and calls `on_epoch`; every rank returns the same result.
+
     Args:
         train_df, dev_df: processed splits (columns words, word_tags, intent, tokens, tags, keep).
         vocabs: vocabularies built from train.
@@ -403,42 +539,52 @@ def train(
         on_epoch: called with each epoch's log row (for progress logging / MLflow).
         progress: show a progress bar per epoch.
     """
-    set_determinism(seed, tcfg)
-    device = resolve_device(tcfg.device)
+    world = distributed.current()
+    say = print if world.main else (lambda *a, **k: None)
+    set_determinism(seed, tcfg, world.rank)
+    device = resolve_device(tcfg.device, world)
     if "intent" not in tcfg.tasks and mcfg.intent_to_tags:
         # An untrained intent head would feed noise to the tagger.
-        print("model.intent_to_tags is off: the intent task is not trained (train.tasks)", flush=True)
+        say("model.intent_to_tags is off: the intent task is not trained (train.tasks)", flush=True)
         mcfg = dataclasses.replace(mcfg, intent_to_tags=False)
     model = build_model(mcfg.to_dict(), vocabs).to(device)
     vectors = None
     if mcfg.vectors:
         vectors = init_embeddings(model.word_emb, vocabs.words.itos, mcfg.vectors)
-        print(f"model.vectors: {vectors.found} of {vectors.vocab_words} vocabulary words ({vectors.coverage:.1%}) "
-              f"start from {mcfg.vectors}" + (f", {vectors.found_lowercased} of them by their lowercased form"
-                                              if vectors.found_lowercased else ""), flush=True)
+        say(f"model.vectors: {vectors.found} of {vectors.vocab_words} vocabulary words ({vectors.coverage:.1%}) "
+            f"start from {mcfg.vectors}" + (f", {vectors.found_lowercased} of them by their lowercased form"
+                                            if vectors.found_lowercased else ""), flush=True)
     data = TrainData(train_df, vocabs, mcfg, model.intent_targets)
     if len(data) == 0:
         raise TwinheadError("train split has no sentences with words")
     steps_per_epoch = len(data.batches(tcfg.batch_size, torch.Generator().manual_seed(0)))
-    state = new_state(model, tcfg, steps_per_epoch, seed)
+    state = new_state(model, tcfg, steps_per_epoch, seed, world)
 
     fp = state_identity(mcfg, tcfg, seed, vocabs, train_df, dev_df, device)  # saved as the state's "fingerprint"
-    if state_path and Path(state_path).exists():
+    saved = None
+    if world.main and state_path and Path(state_path).exists():
         st = safe_torch_load(state_path)
         why = _state_mismatch(st.get("fingerprint") if st.get("format") == STATE_FORMAT else None, fp)
         if not why:
-            state.load_state_dict(st)
-            print(f"resuming from epoch {state.epoch} ({state_path}: the state saved after it; best epoch so far "
-                  f"{state.best_epoch}, {state.bad} epoch(s) without improvement)", flush=True)
+            saved = st
         else:
             print(f"ignoring {state_path}: {why}; training from scratch", flush=True)
+    saved = distributed.broadcast(saved, world)  # rank 0 reads the state; every rank resumes from it
+    if saved is not None:
+        state.load_state_dict(saved)
+        if world.size > 1 and not world.main:
+            _set_rank_rng(saved["rank_rng"][world.rank])
+        say(f"resuming from epoch {state.epoch} ({state_path}: the state saved after it; best epoch so far "
+            f"{state.best_epoch}, {state.bad} epoch(s) without improvement)", flush=True)
     resumed_from = state.epoch
 
     while state.epoch < tcfg.epochs and not (tcfg.patience and state.bad >= tcfg.patience):
         t0 = time.perf_counter()
         row = {"epoch": state.epoch + 1, **run_epoch(state, data, tcfg, device, progress)}
         state.epoch += 1
-        dev, _, _ = evaluate_frame(model, vocabs, dev_df, tcfg.eval_batch_size)
+        dev = evaluate_frame(model, vocabs, dev_df, tcfg.eval_batch_size)[0] if world.main else None
+        # Rank 0's dev scores decide for all: early stopping and the plateau schedule's lr stay in step.
+        dev = distributed.broadcast(dev, world)
         row.update({f"dev_{k}": dev[k] for k in METRICS})
         row["lr"] = state.optimizer.param_groups[0]["lr"]
         row["seconds"] = time.perf_counter() - t0
@@ -455,13 +601,16 @@ def train(
         losses = ", ".join(f"{t} {row[f'train_{t}_loss']:.4f}" for t in tcfg.tasks)
         cos = row["train_grad_cosine"]
         conflict = f" | grad cos {cos:+.2f}" if cos is not None else ""
-        print(f"epoch {state.epoch}: loss {row['train_loss']:.4f} ({losses}){conflict} | dev intent acc "
-              f"{dev['intent_accuracy']:.4f} slot F1 {dev['slot_f1']:.4f} sentence acc {dev['sentence_accuracy']:.4f}"
-              f" | {row['seconds']:.1f}s" + (" *" if state.best_epoch == state.epoch else ""), flush=True)
-        if state_path:
+        say(f"epoch {state.epoch}: loss {row['train_loss']:.4f} ({losses}){conflict} | dev intent acc "
+            f"{dev['intent_accuracy']:.4f} slot F1 {dev['slot_f1']:.4f} sentence acc {dev['sentence_accuracy']:.4f}"
+            f" | {row['train_sentences_per_s']:.0f} sentences/s | {row['seconds']:.1f}s"
+            + (" *" if state.best_epoch == state.epoch else ""), flush=True)
+        ranks_rng = distributed.gather(_rank_rng(), world) if world.size > 1 else None
+        if state_path and world.main:
+            extra = {"rank_rng": ranks_rng} if ranks_rng else {}
             with fileio.atomic_path(state_path) as tmp:
-                torch.save({"format": STATE_FORMAT, "fingerprint": fp, **state.state_dict()}, tmp)
-        if on_epoch:  # after the state is saved: a kill inside the callback loses nothing
+                torch.save({"format": STATE_FORMAT, "fingerprint": fp, **state.state_dict(), **extra}, tmp)
+        if on_epoch and world.main:  # after the state is saved: a kill inside the callback loses nothing
             on_epoch(row)
     return TrainResult(state.best_state, state.best_epoch, state.best_scores, state.history, str(device),
                        resumed_from, data.truncated, mcfg,
