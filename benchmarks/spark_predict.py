@@ -65,7 +65,8 @@ def main() -> None:
     words = sum(len(t.split()) for t in texts)
     bundle = Path(args.bundle).resolve()
     print(f"{len(texts)} texts ({len(base)} distinct, {words} words) from {args.texts}; bundle {bundle}")
-    print(f"load average (1/5/15 min) at start: {load()}", flush=True)
+    load_start = load()
+    print(f"load average (1/5/15 min) at start: {load_start}", flush=True)
 
     import torch
 
@@ -137,7 +138,7 @@ def main() -> None:
             "torch_threads": torch.get_num_threads(), "single_load_s": single_load,
             "single_predict_s": single_predict, "spark_session_s": session_s, "spark_udf_setup_s": udf_s,
             "spark_jobs_s": jobs, "same_intent": same_intent, "same_entities": same_entities,
-            "load_end": load()}, indent=2) + "\n", encoding="utf-8")
+            "load_start": load_start, "load_end": load()}, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -207,3 +207,15 @@ def test_job_names_a_missing_text_column(spark, tracking, tmp_path):
     inp.write_text('{"sentence": "play jazz"}\n', encoding="utf-8")
     with pytest.raises(TwinheadError, match=r"texts.jsonl: no column 'text' \(columns: sentence\)"):
         main(["--model", tracking, "--input", str(inp), "--output", str(tmp_path / "out")])
+
+
+def test_job_names_a_missing_input_and_an_existing_output(spark, tracking, tmp_path):
+    from twinhead.spark import main
+
+    with pytest.raises(TwinheadError, match=r"nope.parquet: .*PATH_NOT_FOUND"):
+        main(["--model", tracking, "--input", str(tmp_path / "nope.parquet"), "--output", str(tmp_path / "out")])
+    inp = tmp_path / "texts.txt"
+    inp.write_text("play jazz\n", encoding="utf-8")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(TwinheadError, match=r"out: .*PATH_ALREADY_EXISTS"):
+        main(["--model", tracking, "--input", str(inp), "--output", str(tmp_path / "out")])

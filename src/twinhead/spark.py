@@ -77,14 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
     args = ap.parse_args(argv)
 
+    from pyspark.errors import AnalysisException
     from pyspark.sql import SparkSession
+
+    from twinhead.errors import TwinheadError
 
     # spark-submit's --master and --conf apply; run with plain python, this is a local session.
     spark = SparkSession.builder.appName("twinhead-predict").getOrCreate()
-    frame = read_texts(spark, args.input, args.text_column)
+    try:
+        frame = read_texts(spark, args.input, args.text_column)
+    except AnalysisException as e:  # no such path, unreadable file: Spark's message names it
+        raise TwinheadError(f"{args.input}: {e.getMessage()}") from e
     check_texts(frame, args.text_column, args.input)
     predict = prediction_udf(spark, args.model, args.env_manager, args.top_k)
-    frame.withColumn("prediction", predict(args.text_column)).write.mode("errorifexists").parquet(args.output)
+    try:
+        frame.withColumn("prediction", predict(args.text_column)).write.mode("errorifexists").parquet(args.output)
+    except AnalysisException as e:  # the output exists
+        raise TwinheadError(f"{args.output}: {e.getMessage()}") from e
     return 0
 
 
