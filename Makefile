@@ -15,7 +15,7 @@ TORCH_INDEX ?=
 SYSTEM_PATH := $(PATH)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup python data repro test lint lock clean-venv dvc browser
+.PHONY: setup python data repro test lint lock clean-venv dvc browser java
 setup: $(BIN)/.installed
 
 # Prints the python `make setup` would use; exits with one line naming what it found if none is new enough.
@@ -47,7 +47,7 @@ data: setup
 repro: data
 	dvc repro
 
-test: data browser
+test: data browser java
 	python -m pytest -q
 
 # Headless Chromium (Debian's package) for the tests that render HTML in a real browser.
@@ -56,6 +56,14 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium; }; }
+
+# A Java runtime for the Spark tests (pyspark starts a JVM; Spark 4 needs Java 17 or newer): Debian's default
+# headless JRE (OpenJDK 17 on Debian 12, 21 on Debian 13) unless `java -version` already works.
+java:
+	@java -version >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y -qq --no-install-recommends default-jre-headless >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends default-jre-headless; }; }
 
 # Any DVC command with the environment on PATH (stage commands call `python` from PATH):
 #   make dvc ARGS="exp run -S train.lr=3e-4"      make dvc ARGS="queue start -j 1"
