@@ -276,6 +276,73 @@ def train_twinhead(frames: dict, params: dict, max_epochs: int | None, stop_at: 
             "stopped_at_target": stop_at is not None and rows[-1]["test_sentence_accuracy"] >= stop_at}
 
 
+# --- where twinhead's training time goes ---
+
+VARIANTS = {  # name: (model changes, train changes, threads); None threads: torch's default
+    "defaults": ({}, {}, None),
+    "1 thread": ({}, {}, 1),
+    "softmax tag head (no CRF)": ({"tag_decoder": "softmax"}, {}, None),
+    "no char CNN": ({"char_dim": 0}, {}, None),
+    "1 LSTM layer": ({"num_layers": 1}, {}, None),
+    "loss_rule sum": ({}, {"loss_rule": "sum"}, None),
+    "conflict_every 0": ({}, {"conflict_every": 0}, None),
+    "batch 128": ({}, {"batch_size": 128}, None),
+    "batch 256": ({}, {"batch_size": 256}, None),
+}
+
+
+def profile_twinhead(frames: dict, params: dict, batches: int, variants: list[str], ops: bool) -> list[dict]:
+    """Wall and CPU time per training word of the real train_step under each variant (one change from the
+    defaults each), on the same `batches` shuffled batches after 3 warm-up steps; with ops, torch.profiler's
+    top operators (self CPU time) of the defaults."""
+    from twinhead.train import train_step
+
+    train_df = frames["train"]
+    vocabs = build_vocabs(train_df["words"], train_df["intent"], train_df["word_tags"],
+                          min_freq=params["vocab"].min_freq)
+    default_threads = torch.get_num_threads()
+    out = []
+    for name in variants:
+        mchange, tchange, threads = VARIANTS[name]
+        mcfg = dataclasses.replace(params["model"], **mchange)
+        tcfg = dataclasses.replace(params["train"], **tchange)
+        torch.set_num_threads(threads or default_threads)
+        torch.manual_seed(0)
+        model = build_model(mcfg.to_dict(), vocabs)
+        data = TrainData(train_df, vocabs, mcfg, model.intent_targets)
+        n_epoch = len(data.batches(tcfg.batch_size, torch.Generator().manual_seed(0)))
+        state = new_state(model, tcfg, n_epoch, seed=0)
+        model.train()
+        order = data.batches(tcfg.batch_size, state.gen)[: batches + 3]
+        prepared = [data.batch(idx, "cpu", tcfg.word_dropout, state.gen) for idx in order]
+        for batch in prepared[:3]:  # warm-up
+            train_step(state, batch, tcfg, False).floats()
+        words = 0
+        t, c = time.time(), time.process_time()
+        for step, batch in enumerate(prepared[3:], start=1):
+            words += int(batch[2].sum())
+            measure = bool(tcfg.conflict_every) and step % tcfg.conflict_every == 0
+            train_step(state, batch, tcfg, measure).floats()  # the epoch loop reads stats once per step too
+        wall, cpu = time.time() - t, time.process_time() - c
+        epoch_words = sum(len(item[0]) for item in data.items)
+        out.append({"variant": name, "threads": torch.get_num_threads(), "batch_size": tcfg.batch_size,
+                    "steps": len(prepared) - 3, "words": words, "wall_seconds": wall, "cpu_seconds": cpu,
+                    "words_per_second": words / wall, "epoch_seconds": wall / words * epoch_words,
+                    "epoch_cpu_seconds": cpu / words * epoch_words})
+        r = out[-1]
+        print(f"{name:28s} {r['threads']} thr  {r['words_per_second']:6.0f} words/s  epoch {r['epoch_seconds']:6.1f} s "
+              f"(CPU {r['epoch_cpu_seconds']:6.1f} s)", flush=True)
+        if ops and name == "defaults":
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for batch in prepared[3:]:
+                    train_step(state, batch, tcfg, False).floats()
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
+    torch.set_num_threads(default_threads)
+    return out
+
+
 # --- the comparison ---
 
 def first_reaching(rows: list[dict], key: str, target: float) -> dict | None:
@@ -398,7 +465,21 @@ def main(argv: list[str] | None = None) -> int:
                     "that epoch's, not early stopping's)")
     ap.add_argument("--json", help="write the results here (e.g. benchmarks/results/spacy_peer.json)")
     ap.add_argument("--from-json", help="only print the tables of a file --json wrote")
+    ap.add_argument("--profile", nargs="*", metavar="VARIANT", choices=list(VARIANTS),
+                    help="instead of the comparison: time twinhead's train_step under these variants (default: all "
+                    f"of {', '.join(VARIANTS)})")
+    ap.add_argument("--profile-batches", type=int, default=40, help="batches timed per variant (default 40)")
+    ap.add_argument("--profile-ops", action="store_true", help="also print torch.profiler's top operators")
     args = ap.parse_args(argv)
+    if args.profile is not None:
+        params = load_config({"base": BaseConfig, "preprocess": PreprocessConfig, "vocab": VocabConfig,
+                              "model": ModelConfig, "train": TrainConfig}, args.params)
+        rows = profile_twinhead(load_frames(Path(args.data), params), params, args.profile_batches,
+                                args.profile or list(VARIANTS), args.profile_ops)
+        if args.json:
+            fileio.write_json(args.json, {"command": " ".join(shlex.quote(a) for a in sys.argv),
+                                          "load": os.getloadavg(), "profile": rows})
+        return 0
     if args.from_json:
         res = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
     else:
