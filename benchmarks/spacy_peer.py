@@ -164,11 +164,20 @@ def train_spacy(paths: dict[str, Path], out: Path, lang: str, max_steps: int | N
     t0, c0 = time.time(), time.process_time()
     train(cfg_path, out, use_gpu=-1, overrides={"paths.train": str(paths["train"]), "paths.dev": str(paths["dev"])})
     total, total_cpu = time.time() - t0, time.process_time() - c0
+    return spacy_record(log_path, config, t0, c0, total, total_cpu)
+
+
+def spacy_record(log_path: Path, config, t0: float, c0: float | None, total: float, total_cpu: float | None) -> dict:
+    """spaCy's timing record from the logger's lines: times from t0 (the training call), CPU times from c0
+    (None: from the loop's start), the evaluations, the best one, totals and words/s."""
     records = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines()]
+    c0 = records[0]["cpu"] if c0 is None else c0
     for r in records:
         r["seconds"] = r.pop("time") - t0
         r["cpu_seconds"] = r.pop("cpu") - c0
     begin, end = records[0], records[-1]
+    if end["kind"] != "end":
+        raise TwinheadError(f"{log_path}: spaCy's training has not finished (no end record)")
     evals = [r for r in records if r.pop("kind") == "eval"]
     best = max(evals, key=lambda e: (e["score"], -e["step"]))  # the first evaluation with the best dev score
     last = evals[-1]
@@ -178,11 +187,32 @@ def train_spacy(paths: dict[str, Path], out: Path, lang: str, max_steps: int | N
         "config": {k: training[k] for k in ("patience", "max_steps", "eval_frequency", "max_epochs", "dropout")}
         | {"batch_words": "compounding 100 -> 1000", "seed": config["system"]["seed"]},
         "init_seconds": begin["seconds"], "evaluations": evals, "best": best, "seconds_to_best": best["seconds"],
-        "cpu_seconds_to_best": best["cpu_seconds"], "total_seconds": total, "total_cpu_seconds": total_cpu,
+        "cpu_seconds_to_best": best["cpu_seconds"], "total_seconds": total,
+        "total_cpu_seconds": end["cpu_seconds"] if total_cpu is None else total_cpu,
         "steps": end["steps"], "epochs": last["epoch"], "words": last["words"],
         # the loop's words up to its last evaluation, over the loop's time (its evaluations and saves included)
         "words_per_second": last["words"] / loop if loop > 0 else None,
     }
+
+
+def spacy_side(path: Path, test_df) -> dict:
+    """spaCy's side of an earlier run: from its --json file, or rebuilt from its OUT folder (a run stopped
+    after spaCy finished: the clock from config.cfg's write, CPU time from the loop's start)."""
+    if path.is_dir():
+        from spacy.util import load_config
+
+        config = load_config(path / "config.cfg", interpolate=True)
+        t0 = (path / "config.cfg").stat().st_mtime  # written just before the training call
+        log = path / "evaluations.jsonl"
+        end = json.loads(log.read_text(encoding="utf-8").splitlines()[-1])
+        sp = spacy_record(log, config, t0, None, end["time"] - t0, None)
+        sp |= {"from": str(path), "model": str(path / "model-best"), "cpu_from": "the training loop's start",
+               "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t0))}
+        sp["test"] = evaluate_spacy(path / "model-best", test_df)
+        return sp
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    return earlier["spacy"] | {"from": str(path), "started": earlier["started"], "load_before": earlier["load_before"],
+                               "load_after": earlier["load_after"], "model": earlier["spacy_model"]}
 
 
 def spacy_predict(nlp, df) -> tuple[list[str], list[list[str]], int]:
@@ -278,40 +308,48 @@ def train_twinhead(frames: dict, params: dict, max_epochs: int | None, stop_at: 
 
 # --- where twinhead's training time goes ---
 
-VARIANTS = {  # name: (model changes, train changes, threads); None threads: torch's default
-    "defaults": ({}, {}, None),
-    "1 thread": ({}, {}, 1),
-    "softmax tag head (no CRF)": ({"tag_decoder": "softmax"}, {}, None),
-    "no char CNN": ({"char_dim": 0}, {}, None),
-    "1 LSTM layer": ({"num_layers": 1}, {}, None),
-    "loss_rule sum": ({}, {"loss_rule": "sum"}, None),
-    "conflict_every 0": ({}, {"conflict_every": 0}, None),
-    "batch 128": ({}, {"batch_size": 128}, None),
-    "batch 256": ({}, {"batch_size": 256}, None),
+VARIANTS = {  # name: (model changes, train changes, threads, fused Adam); threads None: --profile-threads
+    "defaults": ({}, {}, None, False),
+    "2 threads": ({}, {}, 2, False),
+    "1 thread": ({}, {}, 1, False),
+    "softmax tag head (no CRF)": ({"tag_decoder": "softmax"}, {}, None, False),
+    "no char CNN": ({"char_dim": 0}, {}, None, False),
+    "1 LSTM layer": ({"num_layers": 1}, {}, None, False),
+    "loss_rule sum": ({}, {"loss_rule": "sum"}, None, False),
+    "conflict_every 0": ({}, {"conflict_every": 0}, None, False),
+    "fused Adam": ({}, {}, None, True),
+    "batch 128": ({}, {"batch_size": 128}, None, False),
+    "batch 256": ({}, {"batch_size": 256}, None, False),
 }
 
 
-def profile_twinhead(frames: dict, params: dict, batches: int, variants: list[str], ops: bool) -> list[dict]:
+def profile_twinhead(frames: dict, params: dict, batches: int, variants: list[str], ops: bool,
+                     threads: int | None = None) -> list[dict]:
     """Wall and CPU time per training word of the real train_step under each variant (one change from the
-    defaults each), on the same `batches` shuffled batches after 3 warm-up steps; with ops, torch.profiler's
-    top operators (self CPU time) of the defaults."""
+    defaults each), over `batches` shuffled batches after 3 warm-up steps, on `threads` torch threads unless
+    the variant sets them (None: torch's default); with ops, torch.profiler's top operators (self CPU time)
+    of the defaults."""
     from twinhead.train import train_step
 
     train_df = frames["train"]
     vocabs = build_vocabs(train_df["words"], train_df["intent"], train_df["word_tags"],
                           min_freq=params["vocab"].min_freq)
     default_threads = torch.get_num_threads()
+    threads = threads or default_threads
     out = []
     for name in variants:
-        mchange, tchange, threads = VARIANTS[name]
+        mchange, tchange, variant_threads, fused = VARIANTS[name]
         mcfg = dataclasses.replace(params["model"], **mchange)
         tcfg = dataclasses.replace(params["train"], **tchange)
-        torch.set_num_threads(threads or default_threads)
+        torch.set_num_threads(variant_threads or threads)
         torch.manual_seed(0)
         model = build_model(mcfg.to_dict(), vocabs)
         data = TrainData(train_df, vocabs, mcfg, model.intent_targets)
         n_epoch = len(data.batches(tcfg.batch_size, torch.Generator().manual_seed(0)))
         state = new_state(model, tcfg, n_epoch, seed=0)
+        if fused:  # the same groups and settings, one fused kernel for all parameters instead of a loop over them
+            groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in state.optimizer.param_groups]
+            state.optimizer = torch.optim.Adam(groups, lr=tcfg.lr, fused=True)
         model.train()
         order = data.batches(tcfg.batch_size, state.gen)[: batches + 3]
         prepared = [data.batch(idx, "cpu", tcfg.word_dropout, state.gen) for idx in order]
@@ -378,31 +416,34 @@ def format_tables(res: dict) -> str:
     per_word = tw["train_sentences"] / tw["train_words"]  # spaCy counts words only: its sentences/s are derived
     tw_time = sum(r["train_seconds"] for r in tw["epochs"])
     tw_words = sum(r["words_per_second"] * r["train_seconds"] for r in tw["epochs"]) / tw_time
-    sp_rate = sp["words_per_second"]
     best = tw["best"]
-    lines = md_table(
-        ["system", "test intent acc", "test slot F1", "test sentence acc", "time to best dev (s)", "CPU s to best",
-         "total (s)", "train words/s", "train sentences/s", "run"],
-        [[f"spaCy {res['versions']['spacy']} textcat + ner (efficiency config)", pct(sp["test"]["intent_accuracy"]),
-          pct(sp["test"]["slot_f1"]), pct(sp["test"]["sentence_accuracy"]),
-          f"{sp['seconds_to_best']:.0f} (step {sp['best']['step']})", f"{sp['cpu_seconds_to_best']:.0f}",
-          f"{sp['total_seconds']:.0f}", num(sp_rate), num(sp_rate * per_word if sp_rate else None),
-          f"{sp['steps']} steps, {sp['epochs']} epochs"],
-         ["twinhead (params.yaml defaults)", pct(best["test_intent_accuracy"]), pct(best["test_slot_f1"]),
-          pct(best["test_sentence_accuracy"]), f"{best['seconds']:.0f} (epoch {tw['best_epoch']})",
-          f"{best['cpu_seconds']:.0f}", f"{tw['total_seconds']:.0f}", f"{tw_words:.0f}", f"{tw_words * per_word:.0f}",
-          f"{len(tw['epochs'])} epochs"]])
-    target = pct(cmp_["target_test_sentence_accuracy"])
-    if cmp_["ratio"] is None:
-        lines += ["", f"twinhead did not reach spaCy's test sentence accuracy ({target}) in {len(tw['epochs'])} "
-                  "epochs."]
-    else:
+    rows = []
+    if sp:
+        rate = sp["words_per_second"]
+        test = sp["test"]
+        rows.append([f"spaCy {res['versions']['spacy']} textcat + ner (efficiency config)",
+                     pct(test["intent_accuracy"]), pct(test["slot_f1"]), pct(test["sentence_accuracy"]),
+                     f"{sp['seconds_to_best']:.0f} (step {sp['best']['step']})", f"{sp['cpu_seconds_to_best']:.0f}",
+                     f"{sp['total_seconds']:.0f}", num(rate), num(rate * per_word if rate else None),
+                     f"{sp['steps']} steps, {sp['epochs']} epochs"])
+    rows.append([f"twinhead (params.yaml defaults{''.join(', ' + x for x in tw.get('sets', []))})",
+                 pct(best["test_intent_accuracy"]), pct(best["test_slot_f1"]), pct(best["test_sentence_accuracy"]),
+                 f"{best['seconds']:.0f} (epoch {tw['best_epoch']})", f"{best['cpu_seconds']:.0f}",
+                 f"{tw['total_seconds']:.0f}", f"{tw_words:.0f}", f"{tw_words * per_word:.0f}",
+                 f"{len(tw['epochs'])} epochs"])
+    lines = md_table(["system", "test intent acc", "test slot F1", "test sentence acc", "time to best dev (s)",
+                      "CPU s to best", "total (s)", "train words/s", "train sentences/s", "run"], rows)
+    if cmp_ and cmp_["ratio"] is None:
+        lines += ["", f"twinhead did not reach spaCy's test sentence accuracy "
+                  f"({pct(cmp_['target_test_sentence_accuracy'])}) in {len(tw['epochs'])} epochs."]
+    elif cmp_:
         ratio = cmp_["ratio"]
         as_fraction = f" = 1/{1 / ratio:.1f}" if ratio < 1 else ""
         verdict = "met" if ratio <= cmp_["target_ratio"] else "missed"
-        lines += ["", f"twinhead first reaches spaCy's test sentence accuracy ({target}) after epoch "
-                  f"{cmp_['twinhead_epoch']}, at {cmp_['twinhead_seconds']:.1f} s: {ratio:.3f} of spaCy's time to "
-                  f"its best{as_fraction} (target <= 1/{1 / cmp_['target_ratio']:.0f}: {verdict}); CPU time "
+        target = pct(cmp_["target_test_sentence_accuracy"])
+        lines += ["", f"twinhead first reaches spaCy's test sentence accuracy ({target})"
+                  f" after epoch {cmp_['twinhead_epoch']}, at {cmp_['twinhead_seconds']:.1f} s: {ratio:.3f} of spaCy's "
+                  f"time to its best{as_fraction} (target <= 1/{1 / cmp_['target_ratio']:.0f}: {verdict}); CPU time "
                   f"{cmp_['twinhead_cpu_seconds']:.1f} s, {cmp_['cpu_ratio']:.3f} of spaCy's."]
     lines += [""] + md_table(
         ["twinhead epoch", "clock (s)", "CPU (s)", "train (s)", "dev eval (s)", "words/s", "sentences/s", "lr",
@@ -411,15 +452,33 @@ def format_tables(res: dict) -> str:
           f"{r['dev_seconds']:.1f}", f"{r['words_per_second']:.0f}", f"{r['sentences_per_second']:.0f}",
           f"{r['lr']:.2g}", pct(r["dev_sentence_accuracy"]), pct(r["test_intent_accuracy"]), pct(r["test_slot_f1"]),
           pct(r["test_sentence_accuracy"])] for r in tw["epochs"]])
-    rows, prev = [], None
-    for e in sp["evaluations"]:
-        rate = (e["words"] - prev["words"]) / (e["seconds"] - prev["seconds"]) if prev else None
-        rows.append([str(e["step"]), str(e["epoch"]), f"{e['seconds']:.1f}", f"{e['cpu_seconds']:.1f}", num(rate),
-                     f"{e['score']:.4f}", num(e["cats_score"], ".4f"), num(e["ents_f"], ".4f")])
-        prev = e
-    lines += [""] + md_table(["spaCy step", "epoch", "clock (s)", "CPU (s)", "words/s since last", "dev score",
-                              "dev cats", "dev ents F"], rows)
+    if sp:
+        rows, prev = [], None
+        for e in sp["evaluations"]:
+            rate = (e["words"] - prev["words"]) / (e["seconds"] - prev["seconds"]) if prev else None
+            rows.append([str(e["step"]), str(e["epoch"]), f"{e['seconds']:.1f}", f"{e['cpu_seconds']:.1f}", num(rate),
+                         f"{e['score']:.4f}", num(e["cats_score"], ".4f"), num(e["ents_f"], ".4f")])
+            prev = e
+        lines += [""] + md_table(["spaCy step", "epoch", "clock (s)", "CPU (s)", "words/s since last", "dev score",
+                                  "dev cats", "dev ents F"], rows)
     return "\n".join(lines)
+
+
+def apply_sets(params: dict, sets: list[str]) -> dict:
+    """--set SECTION.KEY=VALUE (a YAML value) on the loaded params, checked as params.yaml is."""
+    import yaml
+
+    from twinhead.params import as_dict, parse_section
+
+    out = dict(params)
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        section, _, name = key.partition(".")
+        if not sep or not name or section not in out:
+            raise TwinheadError(f"--set {item!r}: expected SECTION.KEY=VALUE, SECTION one of {', '.join(out)}")
+        out[section] = parse_section(type(out[section]), as_dict(out[section]) | {name: yaml.safe_load(raw)},
+                                     section, "--set")
+    return out
 
 
 def load_frames(raw: Path, params: dict) -> dict:
@@ -429,7 +488,8 @@ def load_frames(raw: Path, params: dict) -> dict:
 
 
 def run(raw: Path, out: Path, params: dict, max_epochs: int | None, spacy_max_steps: int | None,
-        stop_at_target: bool = False) -> dict:
+        stop_at_target: bool = False, spacy_results: Path | None = None, no_spacy: bool = False,
+        sets: tuple[str, ...] = ()) -> dict:
     for split in SPLITS:
         if not (raw / split).is_dir():
             raise TwinheadError(f"{raw / split}: not found (a BIO dataset folder with train, dev, test; dvc pull)")
@@ -438,18 +498,24 @@ def run(raw: Path, out: Path, params: dict, max_epochs: int | None, spacy_max_st
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     lang = params["preprocess"].lang
     frames = load_frames(raw, params)
-    paths, _ = write_docbins(raw, out, lang)
-    print("== spaCy ==", flush=True)
-    sp = train_spacy(paths, out, lang, spacy_max_steps)
-    sp["test"] = evaluate_spacy(out / "model-best", frames["test"])
+    if no_spacy:
+        sp = None
+    elif spacy_results:  # spaCy's side from an earlier run, twinhead trained now
+        sp = spacy_side(spacy_results, frames["test"])
+    else:
+        paths, _ = write_docbins(raw, out, lang)
+        print("== spaCy ==", flush=True)
+        sp = train_spacy(paths, out, lang, spacy_max_steps) | {"model": str(out / "model-best")}
+        sp["test"] = evaluate_spacy(out / "model-best", frames["test"])
     print("== twinhead ==", flush=True)
-    tw = train_twinhead(frames, params, max_epochs, sp["test"]["sentence_accuracy"] if stop_at_target else None)
+    tw = train_twinhead(frames, params, max_epochs, sp["test"]["sentence_accuracy"] if stop_at_target and sp else None)
+    tw["sets"] = list(sets)
     return {
         "command": " ".join(shlex.quote(a) for a in sys.argv), "started": started, "data": str(raw),
         "load_before": load_before, "load_after": os.getloadavg(), "cpus": os.cpu_count(),
         "versions": {"spacy": spacy.__version__, "torch": str(torch.__version__), "python": platform.python_version()},
-        "spacy_model": str(out / "model-best"), "evaluated_on": "raw text (the file's tokens joined by spaces), "
-        "gold on twinhead's processed test tokens", "spacy": sp, "twinhead": tw, "comparison": compare(sp, tw),
+        "spacy_model": sp and sp["model"], "evaluated_on": "raw text (the file's tokens joined by spaces), "
+        "gold on twinhead's processed test tokens", "spacy": sp, "twinhead": tw, "comparison": sp and compare(sp, tw),
     }
 
 
@@ -463,6 +529,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stop-at-target", action="store_true",
                     help="stop twinhead once its test sentence accuracy reaches spaCy's (saves time; its best is then "
                     "that epoch's, not early stopping's)")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="change one of twinhead's params for this run (e.g. train.threads=1); repeatable")
+    ap.add_argument("--spacy-results", help="take spaCy's side from an earlier run: its --json file or its --out "
+                    "folder (no spaCy training; with --from-json: put it beside that file's twinhead)")
+    ap.add_argument("--no-spacy", action="store_true", help="train only twinhead (combine later: --from-json "
+                    "--spacy-results)")
     ap.add_argument("--json", help="write the results here (e.g. benchmarks/results/spacy_peer.json)")
     ap.add_argument("--from-json", help="only print the tables of a file --json wrote")
     ap.add_argument("--profile", nargs="*", metavar="VARIANT", choices=list(VARIANTS),
@@ -470,25 +542,32 @@ def main(argv: list[str] | None = None) -> int:
                     f"of {', '.join(VARIANTS)})")
     ap.add_argument("--profile-batches", type=int, default=40, help="batches timed per variant (default 40)")
     ap.add_argument("--profile-ops", action="store_true", help="also print torch.profiler's top operators")
+    ap.add_argument("--profile-threads", type=int, default=None,
+                    help="torch threads for the variants that do not set them (default: torch's)")
     args = ap.parse_args(argv)
     if args.profile is not None:
-        params = load_config({"base": BaseConfig, "preprocess": PreprocessConfig, "vocab": VocabConfig,
-                              "model": ModelConfig, "train": TrainConfig}, args.params)
+        params = apply_sets(load_config({"base": BaseConfig, "preprocess": PreprocessConfig, "vocab": VocabConfig,
+                                         "model": ModelConfig, "train": TrainConfig}, args.params), args.set)
         rows = profile_twinhead(load_frames(Path(args.data), params), params, args.profile_batches,
-                                args.profile or list(VARIANTS), args.profile_ops)
+                                args.profile or list(VARIANTS), args.profile_ops, args.profile_threads)
         if args.json:
             fileio.write_json(args.json, {"command": " ".join(shlex.quote(a) for a in sys.argv),
                                           "load": os.getloadavg(), "profile": rows})
         return 0
     if args.from_json:
         res = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        if args.spacy_results:
+            params = load_config({"base": BaseConfig, "preprocess": PreprocessConfig}, args.params)
+            res["spacy"] = spacy_side(Path(args.spacy_results), load_frames(Path(res["data"]), params)["test"])
+            res["spacy_model"], res["comparison"] = res["spacy"]["model"], compare(res["spacy"], res["twinhead"])
     else:
-        params = load_config({"base": BaseConfig, "preprocess": PreprocessConfig, "vocab": VocabConfig,
-                              "model": ModelConfig, "train": TrainConfig}, args.params)
+        params = apply_sets(load_config({"base": BaseConfig, "preprocess": PreprocessConfig, "vocab": VocabConfig,
+                                         "model": ModelConfig, "train": TrainConfig}, args.params), args.set)
+        spacy_results = Path(args.spacy_results) if args.spacy_results else None
         res = run(Path(args.data), Path(args.out), params, args.max_epochs, args.spacy_max_steps,
-                  args.stop_at_target)
+                  args.stop_at_target, spacy_results, args.no_spacy, args.set)
     print(format_tables(res))
-    if args.json and not args.from_json:
+    if args.json and (args.spacy_results or not args.from_json):
         fileio.write_json(args.json, res)
     return 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 import spacy
 import yaml
 from spacy.language import Language
@@ -114,3 +115,39 @@ def test_tiny_run_trains_both_and_prints_every_field(tmp_path, capsys):
 
     spacy_peer.main(["--from-json", str(res_path)])
     assert capsys.readouterr().out.strip() == table
+
+    # twinhead again with one param changed, against the spaCy run above (not trained again)
+    again = tmp_path / "again.json"
+    common = ["--data", str(raw), "--out", str(tmp_path / "unused"), "--params", str(tmp_path / "params.yaml"),
+              "--max-epochs", "1", "--set", "train.batch_size=32"]
+    spacy_peer.main([*common, "--spacy-results", str(res_path), "--json", str(again)])
+    res2 = json.loads(again.read_text(encoding="utf-8"))
+    assert not (tmp_path / "unused" / "model-best").exists()
+    assert {k: v for k, v in res2["spacy"].items() if k in sp} == sp and res2["spacy"]["from"] == str(res_path)
+    assert res2["twinhead"]["params"]["train"]["batch_size"] == 32 and len(res2["twinhead"]["epochs"]) == 1
+    assert "| twinhead (params.yaml defaults, train.batch_size=32) |" in capsys.readouterr().out
+
+    # twinhead alone, then put beside spaCy's side rebuilt from its output folder (a run stopped after spaCy)
+    alone, both = tmp_path / "alone.json", tmp_path / "both.json"
+    spacy_peer.main([*common, "--no-spacy", "--json", str(alone)])
+    assert json.loads(alone.read_text(encoding="utf-8"))["spacy"] is None and "| spaCy" not in capsys.readouterr().out
+    spacy_peer.main(["--from-json", str(alone), "--spacy-results", str(out), "--params", str(tmp_path / "params.yaml"),
+                     "--json", str(both)])
+    rebuilt = json.loads(both.read_text(encoding="utf-8"))["spacy"]
+    assert rebuilt["test"] | {"predict_seconds": 0} == sp["test"] | {"predict_seconds": 0}
+    assert [e["step"] for e in rebuilt["evaluations"]] == [0] and rebuilt["steps"] == 4
+    assert abs(rebuilt["seconds_to_best"] - sp["seconds_to_best"]) < 1.0
+
+
+def test_set_changes_one_param_and_names_a_bad_one():
+    from twinhead.errors import TwinheadError
+    from twinhead.params import BaseConfig, load_config
+    from twinhead.train import TrainConfig
+
+    params = load_config({"base": BaseConfig, "train": TrainConfig}, ROOT / "params.yaml")
+    out = spacy_peer.apply_sets(params, ["train.threads=1", "train.lr=0.006"])
+    assert (out["train"].threads, out["train"].lr, out["train"].batch_size) == (1, 0.006, params["train"].batch_size)
+    with pytest.raises(TwinheadError, match="train.threads"):
+        spacy_peer.apply_sets(params, ["train.threads=-1"])
+    with pytest.raises(TwinheadError, match="SECTION.KEY=VALUE"):
+        spacy_peer.apply_sets(params, ["model.word_dim=8"])  # a section this run did not load
