@@ -4,6 +4,9 @@ Usage (from the project root, with the project's environment):
     nice -n 10 python benchmarks/spacy_peer.py --json benchmarks/results/spacy_peer.json
     python benchmarks/spacy_peer.py --max-epochs 2 --spacy-max-steps 400          # a quick smoke run
     python benchmarks/spacy_peer.py --from-json benchmarks/results/spacy_peer.json  # the tables again
+    # twinhead again (other code or params) beside an earlier spaCy run, stopping at spaCy's test accuracy:
+    python benchmarks/spacy_peer.py --spacy-results OLD.json --stop-at-target --set train.threads=1 --json NEW.json
+    python benchmarks/spacy_peer.py --profile --profile-threads 1      # where twinhead's training time goes
 
 spaCy: the config `spacy init config -p textcat,ner -o efficiency` writes (spacy.cli.init_config.init_config;
 no vectors), trained by spacy.cli.train.train with its default loop (eval every 200 steps on dev, patience,
