@@ -145,8 +145,8 @@ def test_set_changes_one_param_and_names_a_bad_one():
     from twinhead.train import TrainConfig
 
     params = load_config({"base": BaseConfig, "train": TrainConfig}, ROOT / "params.yaml")
-    out = spacy_peer.apply_sets(params, ["train.threads=1", "train.lr=0.006"])
-    assert (out["train"].threads, out["train"].lr, out["train"].batch_size) == (1, 0.006, params["train"].batch_size)
+    out = spacy_peer.apply_sets(params, ["train.threads=2", "train.lr=0.006"])
+    assert (out["train"].threads, out["train"].lr, out["train"].batch_size) == (2, 0.006, params["train"].batch_size)
     with pytest.raises(TwinheadError, match="train.threads"):
         spacy_peer.apply_sets(params, ["train.threads=-1"])
     with pytest.raises(TwinheadError, match="SECTION.KEY=VALUE"):
