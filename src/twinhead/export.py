@@ -11,8 +11,9 @@ from typing import Annotated
 from pydantic import Field
 
 from twinhead import fileio
-from twinhead.bundle import BUNDLE_FORMAT, CONFIG, TASKS, VOCAB, WEIGHTS, write_manifest
+from twinhead.bundle import BUNDLE_FORMAT, CONFIG, ONNX, TASKS, VOCAB, WEIGHTS, write_manifest
 from twinhead.checkpoint import load_checkpoint
+from twinhead.errors import TwinheadError
 from twinhead.params import Name, section
 
 EXAMPLES = ["play the new album by the beatles on spotify", "will it rain tomorrow in paris"]
@@ -22,13 +23,17 @@ EXAMPLES = ["play the new album by the beatles on spotify", "will it rain tomorr
 class ExportConfig:
     # smoke test after export, and the MLflow input example
     examples: Annotated[list[Name], Field(min_length=1)] = dataclasses.field(default_factory=lambda: list(EXAMPLES))
+    # also write model.onnx, which the Predictor runs in ONNX Runtime when installed (`twinhead[fast]`)
+    onnx: bool = False
 
 
-def export_bundle(checkpoint: str | Path, out_dir: str | Path) -> dict:
-    """Write weights (safetensors), vocab, config and, last, the manifest of their hashes; returns the config."""
+def export_bundle(checkpoint: str | Path, out_dir: str | Path, onnx: bool = False) -> dict:
+    """Write weights (safetensors), vocab, config, with `onnx` model.onnx (twinhead.fast.build_onnx) and, last,
+    the manifest of their hashes; returns the config."""
     from safetensors.torch import save_file
 
     model, vocabs, ckpt = load_checkpoint(checkpoint)
+    onnx_bytes = onnx_model(model) if onnx else None
     with fileio.atomic_dir(out_dir) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS))
         lists = vocabs.to_lists()
@@ -45,9 +50,26 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path) -> dict:
             # A checkpoint written without calibration (train.calibrate: false) predicts unscaled probabilities.
             "calibration": ckpt.get("calibration") or {"temperature": 1.0, "fitted_on": None},
         }
+        if onnx_bytes is not None:
+            from twinhead.fast import ONNX_OPSET
+
+            (tmp / ONNX).write_bytes(onnx_bytes)
+            cfg["onnx"] = {"file": ONNX, "opset": ONNX_OPSET}
         fileio.write_json(tmp / CONFIG, cfg)
         write_manifest(tmp)
     return cfg
+
+
+def onnx_model(model) -> bytes:
+    """model.onnx's bytes; needs the onnx package (twinhead[fast])."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        raise TwinheadError("params.yaml: export.onnx: true needs the onnx package: pip install 'twinhead[fast]' "
+                            "(or set export.onnx: false)")
+    from twinhead.fast import build_onnx
+
+    return build_onnx(model)
 
 
 def log_pyfunc_model(tracker, bundle: str | Path, registered_name: str, example_texts: list[str],
