@@ -72,6 +72,32 @@ def onnx_model(model) -> bytes:
     return build_onnx(model)
 
 
+def add_onnx(bundle: str | Path, out_dir: str | Path) -> dict:
+    """A copy of an exported bundle with model.onnx added (what export.onnx: true writes), for a bundle exported
+    without it; returns the copy's config."""
+    import shutil
+
+    from twinhead.bundle import MANIFEST, verify_bundle
+    from twinhead.predictor import Predictor
+
+    bundle = Path(bundle)
+    verify_bundle(bundle)
+    model = Predictor(bundle, backend="torch").model
+    onnx_bytes = onnx_model(model)
+    from twinhead.fast import ONNX_OPSET
+
+    with fileio.atomic_dir(out_dir) as tmp:
+        for path in bundle.iterdir():
+            if path.name not in (MANIFEST, ONNX):
+                shutil.copy(path, tmp / path.name)
+        (tmp / ONNX).write_bytes(onnx_bytes)
+        cfg = json.loads((tmp / CONFIG).read_text(encoding="utf-8"))
+        cfg["onnx"] = {"file": ONNX, "opset": ONNX_OPSET}
+        fileio.write_json(tmp / CONFIG, cfg)
+        write_manifest(tmp)
+    return cfg
+
+
 def log_pyfunc_model(tracker, bundle: str | Path, registered_name: str, example_texts: list[str],
                      example_output: list[dict]) -> str | None:
     """Log the bundle as an MLflow pyfunc model (models-from-code: twinhead/mlflow_model.py, no

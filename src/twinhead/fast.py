@@ -279,6 +279,7 @@ class Decoder:
                 self.trans, self.start, self.end = (p.astype(np.float64) for p in
                                                     (self.trans32, self.start32, self.end32))
                 self.exp_trans = np.exp(self.trans)  # forbidden (NEG) moves become exactly 0
+                self.exp_trans_t = np.ascontiguousarray(self.exp_trans.T)
             else:
                 self.constrained = head.bio_constraints
                 self.trans32 = head.trans.float().cpu().numpy()
@@ -304,14 +305,14 @@ class Decoder:
         """P(y_t = ids[:, t] | sentence) by forward-backward in log space; each step's sum over the previous
         tag is a matrix product with exp(transitions), shifted by the row maximum so that nothing overflows."""
         b, t_len, _ = em.shape
-        et = self.exp_trans
+        et, et_t = self.exp_trans, self.exp_trans_t
         alphas = np.empty_like(em)
         a = em[:, 0] + self.start
         alphas[:, 0] = a
         with np.errstate(divide="ignore"):  # log(0) = -inf for forbidden tags is what we want
             for t in range(1, t_len):
                 s = a.max(1, keepdims=True)
-                nxt = np.log(np.exp(a - s) @ et) + s + em[:, t]
+                nxt = np.log(_mm(np.exp(a - s), et)) + s + em[:, t]
                 a = np.where(mask[:, t, None], nxt, a)
                 alphas[:, t] = a
             log_z = _logsumexp(a + self.end)  # padding carried alpha over: the last column is the last real one
@@ -322,13 +323,21 @@ class Decoder:
             for t in range(t_len - 2, -1, -1):
                 v = em[:, t + 1] + beta
                 s = v.max(1, keepdims=True)
-                nxt = np.log(np.exp(v - s) @ et.T) + s
+                nxt = np.log(_mm(np.exp(v - s), et_t)) + s
                 beta = np.where(mask[:, t + 1, None], nxt, end)
                 betas[:, t] = beta
         rows = np.arange(b)[:, None]
         cols = np.arange(t_len)[None, :]
         chosen = alphas[rows, cols, ids] + betas[rows, cols, ids] - log_z[:, None]
         return np.where(mask, np.exp(chosen), 0.0)
+
+
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b. More than a few rows go through torch: numpy's OpenBLAS runs those on threads of its own that
+    ignore torch.set_num_threads and spin against each other on a busy machine (100x slower, measured here)."""
+    if a.shape[0] <= 16:
+        return a @ b
+    return torch.from_numpy(a).matmul(torch.from_numpy(b)).numpy()
 
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:
