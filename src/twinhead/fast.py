@@ -16,6 +16,7 @@ the same intents and tags, and probabilities within 1e-5.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable
 
@@ -173,11 +174,13 @@ def build_onnx(model: JointModel) -> bytes:
     cfg = model.cfg
     if model.lstm.proj_size or not model.lstm.bidirectional or not model.lstm.batch_first:
         raise ValueError("build_onnx expects the JointModel's batch-first bidirectional LSTM")
-    nodes, inits = [], []
+    nodes, inits, names = [], [], set()
     count = [0]
 
     def const(name: str, value) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        if name not in names:  # a name is one value: constants like axes are asked for more than once
+            names.add(name)
+            inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
     def node(op: str, inputs: list[str], n_out: int = 1, **attrs) -> str | list[str]:
@@ -197,18 +200,30 @@ def build_onnx(model: JointModel) -> bytes:
     if model.char_cnn is not None:
         inputs.append(helper.make_tensor_value_info("chars", TensorProto.INT64, ["B", "T", "C"]))
         cnn = model.char_cnn
-        flat = node("Flatten", ["chars"], axis=2)  # (B*T, C)
-        ce = node("Gather", [const("char_emb", f32(cnn.emb.weight)), flat])  # (B*T, C, D)
-        ce = node("Transpose", [ce], perm=[0, 2, 1])  # (B*T, D, C)
+        flat = node("Flatten", ["chars"], axis=2)  # (N, C), N = B*T
+        # The convolution as one matrix product over windows of k characters (ONNX Runtime's Conv on many
+        # short rows is several times slower): the windows' char ids (N, C, k), zero-padded like padding=k//2,
+        # gather their embeddings (N, C, k*D), times the kernel (k*D, F).
         k = cnn.conv.kernel_size[0]
-        conv = node("Conv", [ce, const("char_conv.weight", f32(cnn.conv.weight)), const("char_conv.bias",
-                                                                                         f32(cnn.conv.bias))],
-                    kernel_shape=[k], pads=[k // 2, k // 2])
-        conv = node("Relu", [conv])  # (B*T, F, C)
-        pad = node("Unsqueeze", [node("Equal", [flat, const("zero_i64", np.array(0, dtype=np.int64))]),
-                                 const("axis_1", np.array([1], dtype=np.int64))])  # (B*T, 1, C)
-        conv = node("Where", [pad, const("zero_f32", np.array(0.0, dtype=np.float32)), conv])
-        feats = node("ReduceMax", [conv], axes=[2], keepdims=0)  # (B*T, F)
+        p = k // 2
+        padded = node("Pad", [flat, const("char_pads", np.array([0, p, 0, p], dtype=np.int64))])  # (N, C+2p)
+        big = np.iinfo(np.int64).max
+        axis1 = const("win_axis", np.array([1], dtype=np.int64))
+        cols = [node("Unsqueeze", [node("Slice", [padded, const(f"win_start{j}", np.array([j], dtype=np.int64)),
+                                                  const(f"win_end{j}", np.array([j - 2 * p if j < 2 * p else big],
+                                                                                dtype=np.int64)), axis1]),
+                                   const("axis_2", np.array([2], dtype=np.int64))]) for j in range(k)]
+        win = node("Concat", cols, axis=2) if k > 1 else cols[0]  # (N, C, k) char ids
+        win = node("Gather", [const("char_emb", f32(cnn.emb.weight)), win])  # (N, C, k, D)
+        win = node("Reshape", [win, const("shape_win", np.array([0, 0, -1], dtype=np.int64))])  # (N, C, k*D)
+        w = cnn.conv.weight.detach().float().permute(2, 1, 0).reshape(-1, cnn.conv.out_channels)  # (k*D, F)
+        conv = node("Add", [node("MatMul", [win, const("char_conv.weight", w.numpy().copy())]),
+                            const("char_conv.bias", f32(cnn.conv.bias))])
+        conv = node("Relu", [conv])  # (N, C, F)
+        real = node("Cast", [node("Unsqueeze", [node("Not", [node("Equal", [flat, const(
+            "zero_i64", np.array(0, dtype=np.int64))])]), const("axis_last", np.array([2], dtype=np.int64))])],
+            to=TensorProto.FLOAT)  # (N, C, 1): 1 on real characters
+        feats = node("ReduceMax", [node("Mul", [conv, real])], axes=[1], keepdims=0)  # (N, F); padding reads 0
         bt = node("Slice", [node("Shape", ["chars"]), const("s0", np.array([0], dtype=np.int64)),
                             const("s2", np.array([2], dtype=np.int64))])  # [B, T]
         shape = node("Concat", [bt, const("minus1", np.array([-1], dtype=np.int64))], axis=0)
@@ -363,10 +378,11 @@ def viterbi(em: np.ndarray, mask: np.ndarray, trans: np.ndarray, start: np.ndarr
     score = em[:, 0] + start
     history = np.empty((t_len, b, k), dtype=np.int64)
     ident = np.arange(k)
+    trans_t = np.ascontiguousarray(trans.T)  # [to, from]: the max runs along contiguous memory
     for t in range(1, t_len):
-        cand = score[:, :, None] + trans  # (B, K, K): from i to j
-        idx = cand.argmax(1)
-        best = np.take_along_axis(cand, idx[:, None, :], 1)[:, 0]
+        cand = score[:, None, :] + trans_t  # (B, K, K): to j from i
+        idx = cand.argmax(2)  # the first best i, as torch's max
+        best = cand.max(2)
         m = mask[:, t, None]
         score = np.where(m, best + em[:, t], score)
         history[t] = np.where(m, idx, ident)
@@ -380,6 +396,22 @@ def viterbi(em: np.ndarray, mask: np.ndarray, trans: np.ndarray, start: np.ndarr
     return np.where(mask, path, 0)
 
 
+def length_batches(lengths: list[int], batch_size: int, min_uniform: int = 32) -> list[list[int]]:
+    """Indices into `lengths` in batches of at most batch_size: sentences of one length together wherever
+    there are at least min_uniform (or batch_size) of them (no padding: the LSTM runs unpacked, see
+    JointModel.forward), the rest sorted by length into padded batches."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches, rest = [], []
+    for _, group in itertools.groupby(order, key=lengths.__getitem__):
+        ks = list(group)
+        while len(ks) >= min(min_uniform, batch_size):
+            batches.append(ks[:batch_size])
+            ks = ks[batch_size:]
+        rest.extend(ks)
+    batches.extend(rest[b: b + batch_size] for b in range(0, len(rest), batch_size))
+    return batches
+
+
 # --- the whole batch loop --------------------------------------------------------------------------
 
 
@@ -389,7 +421,8 @@ def predict_words(encoder, decoder: Decoder, table: WordTable, model: JointModel
     """Sentence logits (N, L), tag ids (one int array per sentence) and, with tag_probs, each decoded tag's
     probability (one float array per sentence; NaN past a truncated input's max_len) for non-empty word lists.
 
-    The same pieces, order, overlong policy and window merge as twinhead.inference.predict_logits.
+    The same pieces, overlong policy and window merge as twinhead.inference.predict_logits; batches by
+    length_batches.
     """
     cfg = model.cfg
     stats = stats if stats is not None else OverlongStats()
@@ -407,7 +440,7 @@ def predict_words(encoder, decoder: Decoder, table: WordTable, model: JointModel
             stats.windowed += 1
         pieces.extend((i, s, e) for s, e in windows(len(ws), cfg.max_len))
     rows = table.rows(sentences)
-    order = sorted(range(len(pieces)), key=lambda k: pieces[k][2] - pieces[k][1])
+    batches = length_batches([e - s for _, s, e in pieces], batch_size)
     n = len(sentences)
     logit_sum = np.zeros((n, model.intent_head.n_labels), dtype=np.float64)
     weight = np.zeros(n)
@@ -415,8 +448,8 @@ def predict_words(encoder, decoder: Decoder, table: WordTable, model: JointModel
     ids_out = [np.full(len(ws), o_id, dtype=np.int64) for ws in sentences]
     probs_out = [np.full(len(ws), np.nan) for ws in sentences] if tag_probs else None
     simple = len(pieces) == n  # one piece per sentence, each whole: results need no merging
-    for b in range(0, len(order), batch_size):
-        batch = [pieces[k] for k in order[b: b + batch_size]]
+    for ks in batches:
+        batch = [pieces[k] for k in ks]
         words, chars, lengths, mask = table.batch([rows[i][s:e] for i, s, e in batch])
         il, ts = encoder(words, chars, lengths, mask)
         ids, probs = decoder(ts, lengths, mask, tag_probs)

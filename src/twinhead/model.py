@@ -113,9 +113,14 @@ class JointModel(nn.Module):
             x = torch.cat([x, self.char_cnn(chars)], -1)  # (B, T, E + F)
         x = self.drop(x)
         lengths = mask.sum(1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        h, _ = self.lstm(packed)
-        h, _ = pad_packed_sequence(h, batch_first=True, total_length=words.shape[1])  # (B, T, 2H)
+        if torch.is_inference_mode_enabled() and bool((lengths == words.shape[1]).all()):
+            # No padding (twinhead.fast batches sentences of one length, in inference mode): packing would
+            # change nothing but the time, twice the LSTM's. Training and evaluation never come here.
+            h, _ = self.lstm(x)  # (B, T, 2H)
+        else:
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            h, _ = self.lstm(packed)
+            h, _ = pad_packed_sequence(h, batch_first=True, total_length=words.shape[1])  # (B, T, 2H)
         h = self.drop(h)
         # Pool over real tokens only: padding positions never enter the sentence vector.
         m = mask.unsqueeze(-1)  # (B, T, 1)
