@@ -6,8 +6,8 @@ What the model computes is unchanged; only how. Per batch of word sequences:
   encoder     the network (embeddings, char CNN, BiLSTM, both heads) in one call: OnnxEncoder runs the
               bundle's model.onnx (written by export with export.onnx: true) in ONNX Runtime, one session
               call per batch; TorchEncoder runs the JointModel itself (torch.inference_mode)
-  decoder     Viterbi and the decoded tags' probabilities (CRF forward-backward in float64) in numpy, a
-              handful of array operations per time step instead of a dozen torch kernels
+  decoder     Viterbi (numpy for a few sentences, torch for many) and the decoded tags' probabilities (CRF
+              forward-backward by matrix products in float64), instead of (B, K, K) logsumexps per step
 
 `predict_words` returns what twinhead.inference.predict_logits returns (same overlong policy, same merge of
 windows), so the Predictor builds its output from either. tests/test_fast_predict.py checks that both give
@@ -275,15 +275,18 @@ def build_onnx(model: JointModel) -> bytes:
 
 
 class Decoder:
-    """The tag head's decoding in numpy: tag ids (B, T) and the probability of each decoded tag (B, T).
+    """The tag head's decoding: tag ids (B, T) and the probability of each decoded tag (B, T).
 
-    CRF head: Viterbi over transitions + BIO mask (as CRF.decode) and the marginals of the decoded tags by
-    forward-backward (as CRF.marginals, in float64). Softmax head: Viterbi over log-softmax scores and the
+    Tag ids: up to 16 sentences, Viterbi in numpy (a few array operations per step, where torch's per-call
+    overhead dominates); more, the head's own torch decode. CRF head: Viterbi over transitions + BIO mask (as
+    CRF.decode) and the marginals of the decoded tags by forward-backward (as CRF.marginals, but in float64 and
+    with matrix products instead of (B, K, K) logsumexps). Softmax head: Viterbi over log-softmax scores and the
     BIO mask (as heads.viterbi), or argmax without constraints; the softmax probability of each decoded tag.
     """
 
     def __init__(self, model: JointModel):
         head = model.tag_head
+        self.head = head
         self.crf = hasattr(head, "crf")
         with torch.no_grad():
             if self.crf:
@@ -303,14 +306,19 @@ class Decoder:
     def __call__(self, scores: np.ndarray, lengths: np.ndarray, mask: np.ndarray,
                  probs: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         em = np.where(mask[:, :, None], scores.astype(np.float32, copy=False), np.float32(0.0))
-        if self.crf:
+        if len(em) > 16:  # torch's fused max (values and first index in one pass) beats numpy on big batches
+            with torch.inference_mode():
+                ids = self.head.decode(torch.from_numpy(em), torch.from_numpy(mask)).numpy()
+            if not self.crf:
+                ids = np.where(mask, ids, 0)
+        elif self.crf:
             ids = viterbi(em, mask, self.trans32, self.start32, self.end32)
-            return ids, (self._crf_probs(em.astype(np.float64), mask, lengths, ids) if probs else None)
-        if self.constrained:
-            ids = viterbi(log_softmax(em), mask, self.trans32, self.start32, None)
+        elif self.constrained:
+            ids = np.where(mask, viterbi(log_softmax(em), mask, self.trans32, self.start32, None), 0)
         else:
-            ids = scores.argmax(-1)
-        ids = np.where(mask, ids, 0)
+            ids = np.where(mask, scores.argmax(-1), 0)
+        if self.crf:
+            return ids, (self._crf_probs(em.astype(np.float64), mask, lengths, ids) if probs else None)
         if not probs:
             return ids, None
         p = softmax(scores.astype(np.float32, copy=False))
