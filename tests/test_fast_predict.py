@@ -18,8 +18,8 @@ from tests.conftest import ROOT, SHARED
 from tests.test_bundle import PREPROCESS, TRAIN_WORDS, make_bundle, make_model
 from twinhead import fast
 from twinhead.bundle import CONFIG, ONNX, write_manifest
-from twinhead.crf import CRF
 from twinhead.errors import TwinheadError
+from twinhead.heads import CRFTagHead
 from twinhead.inference import collate, encode
 from twinhead.model import JointModel, ModelConfig
 from twinhead.predictor import Predictor
@@ -241,11 +241,12 @@ def test_numpy_crf_decoding_equals_the_crf_module():
     """Viterbi (same float32 sums, same ties) and the decoded tags' marginals (float64 forward-backward)."""
     tags = ["O", "B-a", "I-a", "B-b", "I-b"]
     torch.manual_seed(0)
-    crf = CRF(tags)
+    head = CRFTagHead(4, tags)
+    crf = head.crf
     with torch.no_grad():
         for p in (crf.transitions, crf.start, crf.end):
             p.normal_(0, 2)
-    model = type("M", (), {"tag_head": type("H", (), {"crf": crf})()})()
+    model = type("M", (), {"tag_head": head})()
     dec = fast.Decoder(model)
     lengths = torch.tensor([7, 1, 4, 7, 2] * 8)  # 40 rows: the matrix products go through torch
     mask = torch.arange(7)[None, :] < lengths[:, None]
@@ -257,10 +258,14 @@ def test_numpy_crf_decoding_equals_the_crf_module():
     with torch.no_grad():
         marg = crf.marginals(em.double(), mask).gather(2, ref_ids.unsqueeze(2)).squeeze(2)
     np.testing.assert_allclose(probs, marg.numpy(), atol=1e-9)
-    # a few rows take the plain numpy product: the same result
+    # a few rows take numpy's Viterbi and plain matrix product: the same result
     ids5, probs5 = dec(em[:5].numpy(), lengths[:5].numpy().astype(np.int32), mask[:5].numpy())
     assert (ids5 == ids[:5]).all()
     np.testing.assert_allclose(probs5, probs[:5], atol=1e-12)
+    full = [0, 3, 5]  # all of length 7: no padding (the path of batches of one length)
+    ids3, probs3 = dec(em[full].numpy(), lengths[full].numpy().astype(np.int32), mask[full].numpy())
+    assert (ids3 == ids[full]).all()
+    np.testing.assert_allclose(probs3, probs[full], atol=1e-12)
 
 
 def test_the_word_table_starts_afresh_when_full_and_encodes_as_the_reference():

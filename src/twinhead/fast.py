@@ -329,6 +329,7 @@ class Decoder:
         tag is a matrix product with exp(transitions), shifted by the row maximum so that nothing overflows."""
         b, t_len, _ = em.shape
         et, et_t = self.exp_trans, self.exp_trans_t
+        full = bool(mask.all())  # a batch of one length (the usual case): no padding to carry over
         alphas = np.empty_like(em)
         a = em[:, 0] + self.start
         alphas[:, 0] = a
@@ -336,7 +337,7 @@ class Decoder:
             for t in range(1, t_len):
                 s = a.max(1, keepdims=True)
                 nxt = np.log(_mm(np.exp(a - s), et)) + s + em[:, t]
-                a = np.where(mask[:, t, None], nxt, a)
+                a = nxt if full else np.where(mask[:, t, None], nxt, a)
                 alphas[:, t] = a
             log_z = _logsumexp(a + self.end)  # padding carried alpha over: the last column is the last real one
             betas = np.empty_like(em)
@@ -347,12 +348,12 @@ class Decoder:
                 v = em[:, t + 1] + beta
                 s = v.max(1, keepdims=True)
                 nxt = np.log(_mm(np.exp(v - s), et_t)) + s
-                beta = np.where(mask[:, t + 1, None], nxt, end)
+                beta = nxt if full else np.where(mask[:, t + 1, None], nxt, end)
                 betas[:, t] = beta
         rows = np.arange(b)[:, None]
         cols = np.arange(t_len)[None, :]
         chosen = alphas[rows, cols, ids] + betas[rows, cols, ids] - log_z[:, None]
-        return np.where(mask, np.exp(chosen), 0.0)
+        return np.exp(chosen) if full else np.where(mask, np.exp(chosen), 0.0)
 
 
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -387,13 +388,18 @@ def viterbi(em: np.ndarray, mask: np.ndarray, trans: np.ndarray, start: np.ndarr
     history = np.empty((t_len, b, k), dtype=np.int64)
     ident = np.arange(k)
     trans_t = np.ascontiguousarray(trans.T)  # [to, from]: the max runs along contiguous memory
+    full = bool(mask.all())
     for t in range(1, t_len):
         cand = score[:, None, :] + trans_t  # (B, K, K): to j from i
         idx = cand.argmax(2)  # the first best i, as torch's max
-        best = cand.max(2)
-        m = mask[:, t, None]
-        score = np.where(m, best + em[:, t], score)
-        history[t] = np.where(m, idx, ident)
+        best = np.take_along_axis(cand, idx[:, :, None], 2)[:, :, 0]
+        if full:
+            score = best + em[:, t]
+            history[t] = idx
+        else:
+            m = mask[:, t, None]
+            score = np.where(m, best + em[:, t], score)
+            history[t] = np.where(m, idx, ident)
     last = (score + end if end is not None else score).argmax(1)
     path = np.empty((b, t_len), dtype=np.int64)
     path[:, -1] = last
@@ -401,7 +407,7 @@ def viterbi(em: np.ndarray, mask: np.ndarray, trans: np.ndarray, start: np.ndarr
     for t in range(t_len - 1, 0, -1):
         last = history[t, rows, last]
         path[:, t - 1] = last
-    return np.where(mask, path, 0)
+    return path if full else np.where(mask, path, 0)
 
 
 def length_batches(lengths: list[int], batch_size: int, min_uniform: int = 32) -> list[list[int]]:
