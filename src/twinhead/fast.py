@@ -44,7 +44,7 @@ class WordTable:
     long stream of new words keeps memory flat.
     """
 
-    def __init__(self, vocabs: Vocabs, max_word_len: int, max_size: int = 200_000):
+    def __init__(self, vocabs: Vocabs, max_word_len: int, max_size: int = 100_000):
         self.vocabs = vocabs
         self.max_word_len = max_word_len
         self.max_size = max_size
