@@ -280,3 +280,27 @@ def test_the_word_table_starts_afresh_when_full_and_encodes_as_the_reference():
         assert (chars == ref[1].numpy()[:, :, :c]).all() and not ref[1].numpy()[:, :, c:].any()
         assert lengths.tolist() == [3, 4, 1]
         assert len(table.index) <= 7
+
+
+def test_predict_pauses_the_garbage_collector_only_while_it_runs(tmp_path):
+    import gc
+
+    from twinhead.errors import DataError
+
+    _, bundle = make_bundle(tmp_path)
+    pred = Predictor(bundle)
+    seen = []
+    real = pred._word_predictions
+    pred._word_predictions = lambda *a: seen.append(gc.isenabled()) or real(*a)
+    assert gc.isenabled()
+    pred.predict(["play the beatles"])
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(DataError):
+        pred.predict(["play", "   "])
+    assert gc.isenabled()  # restored after an error too
+    gc.disable()
+    try:
+        pred.predict(["play"])
+        assert not gc.isenabled()  # a caller's own setting is left as it was
+    finally:
+        gc.enable()
