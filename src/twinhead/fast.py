@@ -287,6 +287,7 @@ class Decoder:
     def __init__(self, model: JointModel):
         head = model.tag_head
         self.head = head
+        self.device = next(head.parameters()).device
         self.crf = hasattr(head, "crf")
         with torch.no_grad():
             if self.crf:
@@ -308,7 +309,8 @@ class Decoder:
         em = np.where(mask[:, :, None], scores.astype(np.float32, copy=False), np.float32(0.0))
         if len(em) > 16:  # torch's fused max (values and first index in one pass) beats numpy on big batches
             with torch.inference_mode():
-                ids = self.head.decode(torch.from_numpy(em), torch.from_numpy(mask)).numpy()
+                dev = self.device
+                ids = self.head.decode(torch.from_numpy(em).to(dev), torch.from_numpy(mask).to(dev)).cpu().numpy()
             if not self.crf:
                 ids = np.where(mask, ids, 0)
         elif self.crf:
