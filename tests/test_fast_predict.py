@@ -262,6 +262,14 @@ def test_numpy_crf_decoding_equals_the_crf_module():
     ids5, probs5 = dec(em[:5].numpy(), lengths[:5].numpy().astype(np.int32), mask[:5].numpy())
     assert (ids5 == ids[:5]).all()
     np.testing.assert_allclose(probs5, probs[:5], atol=1e-12)
+    # emissions hundreds apart: the scaled forward-backward underflows and the log-space one answers
+    big = em * 300
+    ids_big, probs_big = dec(big[:5].numpy(), lengths[:5].numpy().astype(np.int32), mask[:5].numpy())
+    with torch.no_grad():
+        ref_big = crf.decode(big[:5], mask[:5])
+        marg_big = crf.marginals(big[:5].double(), mask[:5]).gather(2, ref_big.unsqueeze(2)).squeeze(2)
+    assert (ids_big == ref_big.numpy()).all()
+    np.testing.assert_allclose(probs_big, marg_big.numpy(), atol=1e-9)
     full = [0, 3, 5]  # all of length 7: no padding (the path of batches of one length)
     ids3, probs3 = dec(em[full].numpy(), lengths[full].numpy().astype(np.int32), mask[full].numpy())
     assert (ids3 == ids[full]).all()

@@ -327,35 +327,74 @@ class Decoder:
         return ids, np.take_along_axis(p, ids[:, :, None], 2)[:, :, 0].astype(np.float64)
 
     def _crf_probs(self, em: np.ndarray, mask: np.ndarray, lengths: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """P(y_t = ids[:, t] | sentence) by forward-backward in log space; each step's sum over the previous
-        tag is a matrix product with exp(transitions), shifted by the row maximum so that nothing overflows."""
-        b, t_len, _ = em.shape
+        """P(y_t = ids[:, t] | sentence) by scaled forward-backward: forward and backward vectors in probability
+        space, each step a matrix product with exp(transitions) times exp(emissions - their maximum), then
+        normalised; the posterior at t is their product, normalised. Four array operations a step. Should a
+        sum underflow to 0 (emissions hundreds apart, not seen in practice), the log-space version decides."""
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 on underflow: detected below
+            return self._crf_probs_scaled(em, mask, lengths, ids)
+
+    def _crf_probs_scaled(self, em, mask, lengths, ids) -> np.ndarray:
+        b, t_len, k = em.shape
         et, et_t = self.exp_trans, self.exp_trans_t
-        full = bool(mask.all())  # a batch of one length (the usual case): no padding to carry over
+        full = bool(mask.all())
+        x = np.exp(em - _max(em, 2, keepdims=True))  # (B, T, K), each row's best tag 1
+        fw = np.empty_like(em)
+        a = np.exp(em[:, 0] + self.start - _max(em[:, 0] + self.start, 1, keepdims=True))
+        a /= a.sum(1, keepdims=True)
+        fw[:, 0] = a
+        for t in range(1, t_len):
+            u = _mm(a, et) * x[:, t]
+            u /= u.sum(1, keepdims=True)
+            a = u if full else np.where(mask[:, t, None], u, a)
+            fw[:, t] = a
+        bw = np.empty_like(em)
+        q_end = np.exp(self.end - self.end.max())
+        q_end = np.broadcast_to(q_end / q_end.sum(), (b, k))
+        q = q_end
+        bw[:, -1] = q
+        for t in range(t_len - 2, -1, -1):
+            v = _mm(q * x[:, t + 1], et_t)
+            v /= v.sum(1, keepdims=True)
+            q = v if full else np.where(mask[:, t + 1, None], v, q_end)
+            bw[:, t] = q
+        post = fw * bw
+        norm = post.sum(2)
+        if not np.all(norm > 0) or not np.all(np.isfinite(norm)):
+            return self._crf_probs_log(em, mask, lengths, ids)
+        chosen = np.take_along_axis(post, ids[:, :, None], 2)[:, :, 0] / norm
+        return chosen if full else np.where(mask, chosen, 0.0)
+
+    def _crf_probs_log(self, em: np.ndarray, mask: np.ndarray, lengths: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """_crf_probs in log space with a logsumexp over every (previous, next) tag pair, as CRF.marginals
+        does: (B, K, K) work a step, exact whatever the emissions' range."""
+        b, t_len, k = em.shape
+        trans = self.trans
+
+        def lse(x: np.ndarray, axis: int) -> np.ndarray:
+            m = _max(x, axis, keepdims=True)
+            return (np.log(np.exp(x - m).sum(axis, keepdims=True)) + m).squeeze(axis)
+
         alphas = np.empty_like(em)
         a = em[:, 0] + self.start
         alphas[:, 0] = a
-        with np.errstate(divide="ignore"):  # log(0) = -inf for forbidden tags is what we want
-            for t in range(1, t_len):
-                s = a.max(1, keepdims=True)
-                nxt = np.log(_mm(np.exp(a - s), et)) + s + em[:, t]
-                a = nxt if full else np.where(mask[:, t, None], nxt, a)
-                alphas[:, t] = a
-            log_z = _logsumexp(a + self.end)  # padding carried alpha over: the last column is the last real one
-            betas = np.empty_like(em)
-            end = np.broadcast_to(self.end, (b, self.end.shape[0]))
-            beta = end
-            betas[:, -1] = beta
-            for t in range(t_len - 2, -1, -1):
-                v = em[:, t + 1] + beta
-                s = v.max(1, keepdims=True)
-                nxt = np.log(_mm(np.exp(v - s), et_t)) + s
-                beta = nxt if full else np.where(mask[:, t + 1, None], nxt, end)
-                betas[:, t] = beta
+        for t in range(1, t_len):
+            nxt = lse(a[:, :, None] + trans, 1) + em[:, t]
+            a = np.where(mask[:, t, None], nxt, a)
+            alphas[:, t] = a
+        log_z = lse(a + self.end, 1)  # padding carried alpha over: the last column is the last real one
+        betas = np.empty_like(em)
+        end = np.broadcast_to(self.end, (b, k))
+        beta = end
+        betas[:, -1] = beta
+        for t in range(t_len - 2, -1, -1):
+            nxt = lse(trans + (em[:, t + 1] + beta)[:, None, :], 2)
+            beta = np.where(mask[:, t + 1, None], nxt, end)
+            betas[:, t] = beta
         rows = np.arange(b)[:, None]
         cols = np.arange(t_len)[None, :]
         chosen = alphas[rows, cols, ids] + betas[rows, cols, ids] - log_z[:, None]
-        return np.exp(chosen) if full else np.where(mask, np.exp(chosen), 0.0)
+        return np.where(mask, np.exp(np.where(mask, chosen, 0.0)), 0.0)
 
 
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -364,6 +403,9 @@ def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.shape[0] <= 16:
         return a @ b
     return torch.from_numpy(a).matmul(torch.from_numpy(b)).numpy()
+
+
+_max = np.maximum.reduce  # ndarray.max without its Python-level wrapper: a few microseconds a call, per step
 
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:
@@ -391,10 +433,11 @@ def viterbi(em: np.ndarray, mask: np.ndarray, trans: np.ndarray, start: np.ndarr
     ident = np.arange(k)
     trans_t = np.ascontiguousarray(trans.T)  # [to, from]: the max runs along contiguous memory
     full = bool(mask.all())
+    flat = np.arange(b * k) * k  # where row (b, j) of cand starts, flattened
     for t in range(1, t_len):
         cand = score[:, None, :] + trans_t  # (B, K, K): to j from i
         idx = cand.argmax(2)  # the first best i, as torch's max
-        best = np.take_along_axis(cand, idx[:, :, None], 2)[:, :, 0]
+        best = cand.ravel()[flat + idx.ravel()].reshape(b, k)  # cheaper than a second reduction
         if full:
             score = best + em[:, t]
             history[t] = idx
