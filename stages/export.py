@@ -1,7 +1,8 @@
 """export: checkpoint -> a self-contained bundle; logs and registers it as an MLflow pyfunc model.
 
 Inputs:  CHECKPOINT, RUN_FILE.
-Outputs: OUT/ (model.safetensors, vocab.json, config.json, manifest.json: see twinhead.bundle).
+Outputs: OUT/ (model.safetensors, vocab.json, config.json, manifest.json, with export.onnx model.onnx: see
+         twinhead.bundle).
 Params:  export, mlflow.
 """
 
@@ -31,10 +32,12 @@ def main() -> int:
     ap.add_argument("out", help="bundle folder")
     args = ap.parse_args()
     p = load_config(SECTIONS)
-    export_bundle(args.checkpoint, args.out)
-    # Smoke test: the bundle loads on its own and predicts.
+    export_bundle(args.checkpoint, args.out, onnx=p["export"].onnx)
+    # Smoke test: the bundle loads on its own and predicts (with model.onnx: in ONNX Runtime, when installed).
     examples = list(p["export"].examples)
-    preds = Predictor(args.out).predict(examples)
+    predictor = Predictor(args.out)
+    preds = predictor.predict(examples)
+    print(f"backend: {predictor.backend}")
     for pr in preds:
         ents = ", ".join(f"{e['label']}={e['text']!r}" for e in pr["entities"])
         intent = f"{pr['intent']} ({pr['probability']:.3f})" if pr["intent"] is not None else "(no intent head)"

@@ -6,6 +6,8 @@ A bundle folder holds:
   config.json        format, model config, preprocessing settings, vocabulary sizes, labels, training info,
                      calibration ({"temperature": T, "fitted_on": "dev" or null}: the intent logits are
                      divided by T, see twinhead.calibration)
+  model.onnx         optional (export.onnx: true): the same network as an ONNX graph for ONNX Runtime
+                     (twinhead.fast.build_onnx); config.json's "onnx" names it
   manifest.json      written last by export: the sha256 and size in bytes of every other file
 
 `verify_bundle` reads the manifest before any other file and refuses, with one error naming the file, a
@@ -30,6 +32,7 @@ from twinhead.errors import TwinheadError
 BUNDLE_FORMAT = "twinhead-bundle/3"
 MANIFEST_FORMAT = "twinhead-manifest/1"
 WEIGHTS, VOCAB, CONFIG, MANIFEST = "model.safetensors", "vocab.json", "config.json", "manifest.json"
+ONNX = "model.onnx"  # optional
 REQUIRED_FILES = (WEIGHTS, VOCAB, CONFIG)
 TASKS = ("intent", "tags")  # the heads a bundle may have been trained for (config.json "tasks")
 # Fields of config.json the loader relies on, and their JSON types; the contents of model_config and
@@ -148,6 +151,8 @@ def check_config(cfg: Any, path: Path) -> dict:
     if set(sizes) != set(VOCAB_KEYS) or any(type(v) is not int for v in sizes.values()):
         raise TwinheadError(f"{path}: field 'sizes' must map {', '.join(VOCAB_KEYS)} to integers, got {sizes}")
     read_temperature(cfg, path)
+    if read_onnx_entry(cfg, path) is not None and not (path.parent / ONNX).is_file():
+        raise TwinheadError(f"{path}: names {ONNX}, which the bundle lacks; {REEXPORT}")
     return cfg
 
 
@@ -157,6 +162,17 @@ def read_temperature(cfg: dict, path: Path) -> float:
     if type(t) not in (int, float) or not math.isfinite(t) or t <= 0:
         raise TwinheadError(f"{path}: field 'calibration.temperature' must be a number > 0, got {t!r}")
     return float(t)
+
+
+def read_onnx_entry(cfg: dict, path: Path) -> dict | None:
+    """config.json's "onnx" record ({"file": "model.onnx", "opset": n, ...}), or None when the bundle has none.
+    verify_bundle has checked that the file is there."""
+    entry = cfg.get("onnx")
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or entry.get("file") != ONNX:
+        raise TwinheadError(f"{path}: field 'onnx' must be an object naming the file {ONNX!r}, got {entry!r}")
+    return entry
 
 
 def _read_json(path: Path) -> Any:

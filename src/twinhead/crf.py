@@ -104,7 +104,7 @@ class CRF(nn.Module):
     def marginals(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """P(y_t = k | sentence) by forward-backward. -> (B, T, K); rows sum to 1, padded rows are 0."""
         em = self._check(emissions, mask)
-        alphas = self._alphas(em, mask)  # (B, T, K)
+        alphas = self._alphas(em, mask, exact=True)  # (B, T, K)
         betas = self._betas(em, mask)  # (B, T, K)
         post = torch.exp(alphas + betas - self._log_z(alphas)[:, None, None])
         return post.masked_fill(~mask.unsqueeze(2), 0.0)
@@ -128,7 +128,7 @@ class CRF(nn.Module):
         """(B, T, K) forward scores -> (B,); padding copies alpha forward, so the last column is the last real."""
         return torch.logsumexp(alphas[:, -1] + self._params(alphas.dtype)[2], 1)
 
-    def _alphas(self, em: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _alphas(self, em: torch.Tensor, mask: torch.Tensor, exact: bool = False) -> torch.Tensor:
         """Forward scores: log-sum of all prefixes ending in tag k at t. (B, T, K); padding repeats the last.
 
         Each step is one matrix product, exp(alpha - max) @ exp(transitions), in float64: the values of a
@@ -136,8 +136,19 @@ class CRF(nn.Module):
         ms for 64 sentences and 73 tags; it was a fifth of a training step, benchmarks/spacy_peer.py
         --profile). Forbidden moves (NEG) become exact zeros; states over 600 below the best (NEG starts) are
         lifted to 600 below, where their share is under e^-600, so that no sum is ever 0 and no log -inf.
+        That lift is wrong where the only allowed way into a state comes from one that far below (emissions
+        hundreds apart, never seen in training): `exact` (marginals, off the training path) takes the
+        logsumexp recursion over (B, K, K) instead.
         """
         trans, start, _ = self._params(em.dtype)
+        if exact:
+            alpha = em[:, 0] + start  # (B, K)
+            out = [alpha]
+            for t in range(1, em.shape[1]):
+                nxt = torch.logsumexp(alpha.unsqueeze(2) + trans, 1) + em[:, t]  # (B, K)
+                alpha = torch.where(mask[:, t].unsqueeze(1), nxt, alpha)
+                out.append(alpha)
+            return torch.stack(out, 1)
         wide = torch.promote_types(em.dtype, torch.float64)
         exp_trans = trans.to(wide).exp()  # (K, K)
         alpha = em[:, 0] + start  # (B, K)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field
 
 from twinhead import fileio
-from twinhead.bundle import BUNDLE_FORMAT, CONFIG, TASKS, VOCAB, WEIGHTS, write_manifest
+from twinhead.bundle import BUNDLE_FORMAT, CONFIG, ONNX, TASKS, VOCAB, WEIGHTS, write_manifest
 from twinhead.checkpoint import load_checkpoint
+from twinhead.errors import TwinheadError
 from twinhead.params import Name, section
 
 EXAMPLES = ["play the new album by the beatles on spotify", "will it rain tomorrow in paris"]
@@ -22,13 +24,22 @@ EXAMPLES = ["play the new album by the beatles on spotify", "will it rain tomorr
 class ExportConfig:
     # smoke test after export, and the MLflow input example
     examples: Annotated[list[Name], Field(min_length=1)] = dataclasses.field(default_factory=lambda: list(EXAMPLES))
+    # also write model.onnx, which the Predictor runs in ONNX Runtime when installed (`twinhead[fast]`)
+    onnx: bool = True
 
 
-def export_bundle(checkpoint: str | Path, out_dir: str | Path) -> dict:
-    """Write weights (safetensors), vocab, config and, last, the manifest of their hashes; returns the config."""
+def export_bundle(checkpoint: str | Path, out_dir: str | Path, onnx: bool = False) -> dict:
+    """Write weights (safetensors), vocab, config, with `onnx` model.onnx (twinhead.fast.build_onnx) and, last,
+    the manifest of their hashes; returns the config."""
     from safetensors.torch import save_file
 
     model, vocabs, ckpt = load_checkpoint(checkpoint)
+    gap = onnx_gap(model.cfg) if onnx else None
+    if gap:
+        # An encoder option under study should not fail the export: the Predictor runs the torch backend.
+        print(f"export: model.onnx not written: the ONNX graph does not cover {gap} (the Predictor runs torch)",
+              file=sys.stderr)
+    onnx_bytes = onnx_model(model) if onnx and not gap else None
     with fileio.atomic_dir(out_dir) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS))
         lists = vocabs.to_lists()
@@ -45,6 +56,56 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path) -> dict:
             # A checkpoint written without calibration (train.calibrate: false) predicts unscaled probabilities.
             "calibration": ckpt.get("calibration") or {"temperature": 1.0, "fitted_on": None},
         }
+        if onnx_bytes is not None:
+            from twinhead.fast import ONNX_OPSET
+
+            (tmp / ONNX).write_bytes(onnx_bytes)
+            cfg["onnx"] = {"file": ONNX, "opset": ONNX_OPSET}
+        fileio.write_json(tmp / CONFIG, cfg)
+        write_manifest(tmp)
+    return cfg
+
+
+def onnx_model(model) -> bytes:
+    """model.onnx's bytes; needs the onnx package (twinhead[fast])."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        raise TwinheadError("params.yaml: export.onnx: true needs the onnx package: pip install 'twinhead[fast]' "
+                            "(or set export.onnx: false)")
+    from twinhead.fast import build_onnx
+
+    return build_onnx(model)
+
+
+def onnx_gap(cfg) -> str | None:
+    """The model options the ONNX graph (twinhead.fast.build_onnx) does not cover, or None."""
+    gaps = [f"model.{k}={getattr(cfg, k)}" for k, off in
+            (("char_encoder", "cnn"), ("attention_heads", 0), ("intent_level", "sentence")) if getattr(cfg, k) != off]
+    return ", ".join(gaps) or None
+
+
+def add_onnx(bundle: str | Path, out_dir: str | Path) -> dict:
+    """A copy of an exported bundle with model.onnx added (what export.onnx: true writes), for a bundle exported
+    without it; returns the copy's config."""
+    import shutil
+
+    from twinhead.bundle import MANIFEST, verify_bundle
+    from twinhead.predictor import Predictor
+
+    bundle = Path(bundle)
+    verify_bundle(bundle)
+    model = Predictor(bundle, backend="torch").model
+    onnx_bytes = onnx_model(model)
+    from twinhead.fast import ONNX_OPSET
+
+    with fileio.atomic_dir(out_dir) as tmp:
+        for path in bundle.iterdir():
+            if path.name not in (MANIFEST, ONNX):
+                shutil.copy(path, tmp / path.name)
+        (tmp / ONNX).write_bytes(onnx_bytes)
+        cfg = json.loads((tmp / CONFIG).read_text(encoding="utf-8"))
+        cfg["onnx"] = {"file": ONNX, "opset": ONNX_OPSET}
         fileio.write_json(tmp / CONFIG, cfg)
         write_manifest(tmp)
     return cfg

@@ -156,11 +156,10 @@ def top_labels(model: JointModel, vocabs: Vocabs, probs: np.ndarray, k: int) -> 
     if k < 1:
         raise ValueError(f"top_k must be at least 1, not {k}")
     labels = model.sentence_labels if model.sentence_labels is not None else vocabs.intents.itos
-    out = []
-    for row in probs:
-        best = np.argsort(-row, kind="stable")[:k]
-        out.append([{"intent": labels[j], "probability": float(row[j])} for j in best])
-    return out
+    probs = np.asarray(probs)
+    best = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # one sort for all rows; ties keep label order
+    top_p = np.take_along_axis(probs, best, 1).tolist()
+    return [[{"intent": labels[j], "probability": p} for j, p in zip(js, ps)] for js, ps in zip(best.tolist(), top_p)]
 
 
 def sentence_labels(model: JointModel, vocabs: Vocabs, probs: np.ndarray) -> list[str]:

@@ -196,8 +196,13 @@ class JointModel(nn.Module):
         x = self.drop(x)
         if lengths is None:
             lengths = mask.sum(1).clamp(min=1).cpu()
-        h, _ = self.lstm(pack(x, lengths))
-        h = unpack(h, words.shape[1])  # (B, T, 2H)
+        if torch.is_inference_mode_enabled() and bool((lengths == words.shape[1]).all()):
+            # No padding (twinhead.fast batches sentences of one length, in inference mode): packing would
+            # change nothing but the time, twice the LSTM's. Training and evaluation never come here.
+            h, _ = self.lstm(x)  # (B, T, 2H)
+        else:
+            h, _ = self.lstm(pack(x, lengths))
+            h = unpack(h, words.shape[1])  # (B, T, 2H)
         if self.attention is not None:
             h = self.attention(h, mask)
         h = self.drop(h)

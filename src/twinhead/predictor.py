@@ -3,14 +3,37 @@
 The bundle's layout and its integrity manifest are described in twinhead.bundle. Loading verifies every
 file against the manifest, then checks that weights, vocab and labels belong together, and refuses a
 mismatched bundle.
+
+Backends (the same predictions; see twinhead.fast and README "Prediction speed"):
+  onnx       the bundle's model.onnx (export.onnx: true) in ONNX Runtime (`pip install twinhead[fast]`),
+             numpy decoding; the fastest on CPU
+  torch      the JointModel in torch, numpy decoding
+  reference  twinhead.inference.predict_logits, the code evaluate and training use; slowest
+  auto       onnx when the bundle has model.onnx, onnxruntime is installed and the device is the CPU, else
+             torch (with a warning when only onnxruntime is missing)
 """
 
 from __future__ import annotations
 
+import functools
+import gc
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from twinhead.bundle import CONFIG, TASKS, VOCAB, WEIGHTS, read_temperature, read_vocab_lists, verify_bundle
+import numpy as np
+
+from twinhead.bundle import (
+    CONFIG,
+    ONNX,
+    TASKS,
+    VOCAB,
+    WEIGHTS,
+    read_onnx_entry,
+    read_temperature,
+    read_vocab_lists,
+    verify_bundle,
+)
 from twinhead.errors import DataError, TwinheadError
 from twinhead.inference import (
     OverlongStats,
@@ -27,12 +50,40 @@ from twinhead.text import TextPipeline, map_back, text_problem
 from twinhead.vocab import Vocabs
 
 DEFAULT_TOP_K = 3  # intents listed in each prediction's top_intents
+BACKENDS = ("auto", "onnx", "torch", "reference")
+FAST_EXTRA = "pip install 'twinhead[fast]'"
+
+
+def gc_paused(fn):
+    """Run `fn` with Python's cyclic garbage collector paused. Predicting builds many small lists and dicts,
+    which trigger collections that scan every object torch and spaCy hold (15% of the batch time, measured);
+    the outputs hold no reference cycles, and any cycle made meanwhile is collected after the call."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    return wrapper
+
+
+def onnxruntime_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 class Predictor:
     """Predict intents and entities on raw text with an exported bundle."""
 
-    def __init__(self, bundle: str | Path, device: str = "cpu"):
+    def __init__(self, bundle: str | Path, device: str = "cpu", backend: str = "auto", threads: int | None = None):
+        """Load `bundle`. backend: auto, onnx, torch or reference (see the module docstring); threads: ONNX
+        Runtime's intra-op threads (default: torch.get_num_threads(), so torch.set_num_threads sets both)."""
         import torch
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -66,37 +117,115 @@ class Predictor:
         self.stats = OverlongStats()
         self.tasks = list(cfg.get("tasks", TASKS))  # a single-task model predicts no intent (or no entities)
         self.temperature = read_temperature(cfg, cfg_path)  # divides the intent logits (1.0: not calibrated)
+        self.backend = self._choose_backend(bundle, backend, device, threads)
+        if self.backend != "reference":
+            from twinhead.fast import Decoder, TorchEncoder, WordTable
 
+            self.table = WordTable(self.vocabs, mcfg.max_word_len)
+            self.decoder = Decoder(self.model)
+            if self.backend == "torch":
+                self.encoder = TorchEncoder(self.model)
+        self._tag_names = np.array(self.model.tags, dtype=object)
+
+    def _choose_backend(self, bundle: Path, backend: str, device: str, threads: int | None) -> str:
+        if backend not in BACKENDS:
+            raise TwinheadError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        if backend in ("torch", "reference"):
+            return backend
+        entry = read_onnx_entry(self.config, bundle / CONFIG)
+        why = None
+        if entry is None:
+            why = f"{bundle} has no {ONNX} (export it with export.onnx: true)"
+        elif not device.startswith("cpu"):
+            why = f"ONNX Runtime runs on the CPU here, not on {device}"
+        elif not onnxruntime_available():
+            why = f"onnxruntime is not installed ({FAST_EXTRA})"
+        if why is None:
+            from twinhead.fast import OnnxEncoder
+
+            try:
+                self.encoder = OnnxEncoder((bundle / ONNX).read_bytes(), threads)
+            except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
+                raise TwinheadError(f"{bundle / ONNX}: ONNX Runtime cannot load it: {str(e)[:300]}") from e
+            return "onnx"
+        if backend == "onnx":
+            raise TwinheadError(f"backend 'onnx': {why}")
+        if entry is not None:  # the bundle was exported for ONNX Runtime, but it cannot be used here
+            warnings.warn(f"{why}; predicting with torch, which is slower", stacklevel=3)
+        return "torch"
+
+    @gc_paused
     def predict_tokens(self, token_lists: list[list[str]], batch_size: int = 256,
                        progress: Callable[[int], None] | None = None, top_k: int = DEFAULT_TOP_K) -> list[dict]:
         """Intent, probability, the top_k intents and one tag per token (with the probability of that tag:
         None for a removed stop word), for pre-tokenized sentences."""
         if top_k < 1:
             raise TwinheadError(f"top_k must be a positive integer, not {top_k}")
-        keeps, words = [], []
-        for toks in token_lists:
-            keep, ws = self.text.model_words(toks)
-            keeps.append(keep)
-            words.append(ws)
-        res = predict_logits(self.model, self.vocabs, words, batch_size, progress, self.stats, tag_probs=True)
-        probs = intent_probs(self.model, res.logits, self.temperature)  # calibrated (see twinhead.calibration)
-        labels = sentence_labels(self.model, self.vocabs, probs)
-        chosen = self.model.intent_head.decide(probs)
-        tops = top_labels(self.model, self.vocabs, probs, top_k)
+        removable = self.text.removable
+        if removable:
+            keeps, words = [], []
+            for toks in token_lists:
+                keep, ws = self.text.model_words(toks)
+                keeps.append(keep)
+                words.append(ws)
+        else:  # nothing to remove: every token is read (the common case, without a list per sentence)
+            keeps = None
+            lower = self.text.lowercase
+            words = [[t.lower() for t in toks] if lower else list(toks) for toks in token_lists]
+        logits, tags, tag_probs = self._word_predictions(words, batch_size, progress)
+        probs = intent_probs(self.model, logits, self.temperature)  # calibrated (see twinhead.calibration)
         has_intent, has_tags = "intent" in self.tasks, "tags" in self.tasks
+        if not has_intent:
+            labels = tops = [None] * len(words)
+            chosen_p = [None] * len(words)
+        else:
+            labels = sentence_labels(self.model, self.vocabs, probs)
+            tops = top_labels(self.model, self.vocabs, probs, top_k)
+            if self.model.intent_head.multi_label:  # the least probable of the labels predicted
+                chosen_p = [float(min(p[k] for k in ks)) for p, ks in zip(probs, self.model.intent_head.decide(probs))]
+            else:
+                chosen_p = probs[np.arange(len(probs)), probs.argmax(1)].tolist()
         out = []
-        for toks, keep, p, t, tp, label, ks, top in zip(token_lists, keeps, probs, res.tags, res.tag_probs, labels,
-                                                        chosen, tops):
+        for r, toks in enumerate(token_lists):
             n = len(toks)
-            out.append({"intent": label if has_intent else None,
-                        # multi-label: the least probable of the labels predicted
-                        "probability": float(min(p[k] for k in ks)) if has_intent else None,
-                        "top_intents": top if has_intent else None,
-                        "tokens": list(toks),
-                        "tags": map_back(n, keep, t) if has_tags else ["O"] * n,
-                        "tag_probabilities": map_back_probs(n, keep, tp) if has_tags else [None] * n})
+            if not has_tags:
+                t, tp = ["O"] * n, [None] * n
+            elif keeps is None:
+                t, tp = tags[r], tag_probs[r]
+                if not self._canonical(t):
+                    t = map_back(n, list(range(n)), t)
+            else:
+                t, tp = map_back(n, keeps[r], tags[r]), map_back_probs(n, keeps[r], tag_probs[r])
+            out.append({"intent": labels[r], "probability": chosen_p[r], "top_intents": tops[r],
+                        "tokens": list(toks), "tags": t, "tag_probabilities": tp})
         return out
 
+    @staticmethod
+    def _canonical(tags: list[str]) -> bool:
+        """True when map_back would return `tags` unchanged: every I-x continues an x entity."""
+        prev = "O"
+        for tag in tags:
+            if tag[0] == "I" and (prev == "O" or prev[2:] != tag[2:]):
+                return False
+            prev = tag
+        return True
+
+    def _word_predictions(self, words: list[list[str]], batch_size: int, progress) -> tuple:
+        """Sentence logits (N, L), tag strings and decoded-tag probabilities (None past a truncated input's
+        max_len) for each sentence's model words, by this predictor's backend."""
+        if self.backend == "reference":
+            res = predict_logits(self.model, self.vocabs, words, batch_size, progress, self.stats, tag_probs=True)
+            return res.logits, res.tags, res.tag_probs
+        from twinhead.fast import predict_words
+
+        logits, ids, probs = predict_words(self.encoder, self.decoder, self.table, self.model, words, batch_size,
+                                           progress, self.stats)
+        names = self._tag_names
+        tags = [names[r].tolist() for r in ids]
+        tag_probs = [[None if p != p else p for p in r.tolist()] if np.isnan(r).any() else r.tolist() for r in probs]
+        return logits, tags, tag_probs
+
+    @gc_paused
     def predict(self, texts: list[str], batch_size: int = 256,
                 progress: Callable[[int], None] | None = None, where: str = "input",
                 top_k: int = DEFAULT_TOP_K) -> list[dict]:

@@ -63,11 +63,15 @@ def tokenize(nlp, text: str) -> tuple[list[str], list[int]]:
     (100k emoji in a row, say), are tokenized in pieces: spaCy's time grows with the square of a
     whitespace-free run's length and it refuses texts over nlp.max_length.
     """
-    if len(text) <= CHUNK and not LONG_RUN.search(text):
-        spans = [(0, len(text))]
-    else:
-        spans = _pieces(text)
     tokens, offsets = [], []
+    # Most texts are shorter than MAX_RUN and cannot hold a long run: skip the regex search and slicing.
+    if len(text) <= MAX_RUN or (len(text) <= CHUNK and not LONG_RUN.search(text)):
+        for tok in nlp.make_doc(text):
+            if not tok.is_space:
+                tokens.append(tok.text)
+                offsets.append(tok.idx)
+        return tokens, offsets
+    spans = _pieces(text)
     for start, end in spans:
         for tok in nlp.make_doc(text[start:end]):
             if tok.is_space:

@@ -1,0 +1,536 @@
+"""The Predictor's fast path: array-at-a-time encoding, an ONNX Runtime (or torch) encoder, numpy decoding.
+
+What the model computes is unchanged; only how. Per batch of word sequences:
+  WordTable   each distinct word once: its word id and char ids, cached, so a batch is two numpy gathers
+              (no torch.tensor per word)
+  encoder     the network (embeddings, char CNN, BiLSTM, both heads) in one call: OnnxEncoder runs the
+              bundle's model.onnx (written by export with export.onnx: true) in ONNX Runtime, one session
+              call per batch; TorchEncoder runs the JointModel itself (torch.inference_mode)
+  decoder     Viterbi (numpy for a few sentences, torch for many) and the decoded tags' probabilities (CRF
+              forward-backward by matrix products in float64), instead of (B, K, K) logsumexps per step
+
+`predict_words` returns what twinhead.inference.predict_logits returns (same overlong policy, same merge of
+windows), so the Predictor builds its output from either. tests/test_fast_predict.py checks that both give
+the same intents and tags, and probabilities within 1e-5.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from twinhead.crf import NEG
+from twinhead.inference import OverlongStats, WordPredictions, windows
+from twinhead.model import JointModel
+from twinhead.vocab import Vocabs
+
+ONNX_OPSET = 17
+ONNX_INPUTS = ("words", "chars", "lengths", "mask")
+ONNX_OUTPUTS = ("intent_logits", "tag_scores")
+
+
+# --- encoding --------------------------------------------------------------------------------------
+
+
+class WordTable:
+    """Word id and char ids of every distinct word seen, so that a batch is encoded by array gathers.
+
+    Row r of `chars` holds the ids of word r's first max_word_len characters (0-padded), as
+    twinhead.inference.encode gives them. The cache is bounded: past `max_size` words it starts afresh, so a
+    long stream of new words keeps memory flat.
+    """
+
+    def __init__(self, vocabs: Vocabs, max_word_len: int, max_size: int = 100_000):
+        self.vocabs = vocabs
+        self.max_word_len = max_word_len
+        self.max_size = max_size
+        self._reset()
+
+    def _reset(self) -> None:
+        self.index: dict[str, int] = {}
+        self.word_ids = np.zeros(1024, dtype=np.int64)
+        self.chars = np.zeros((1024, self.max_word_len), dtype=np.int64)
+        self.lens = np.zeros(1024, dtype=np.int64)
+
+    def _add(self, words: list[str]) -> None:
+        n = len(self.index)
+        if n + len(words) > len(self.word_ids):
+            size = max(2 * len(self.word_ids), n + len(words))
+            for name in ("word_ids", "chars", "lens"):
+                old = getattr(self, name)
+                new = np.zeros((size, *old.shape[1:]), dtype=old.dtype)
+                new[:n] = old[:n]
+                setattr(self, name, new)
+        wv, cv = self.vocabs.words, self.vocabs.chars
+        for k, w in enumerate(words, start=n):
+            self.index[w] = k
+            self.word_ids[k] = wv.index(w)
+            cs = cv.encode(w[: self.max_word_len]) or [1]
+            self.chars[k, : len(cs)] = cs
+            self.lens[k] = len(cs)
+
+    def rows(self, sentences: list[list[str]]) -> list[np.ndarray]:
+        """The table row of every word, one int array per sentence."""
+        index = self.index
+        new = list(dict.fromkeys(w for ws in sentences for w in ws if w not in index))
+        if new:
+            if len(index) + len(new) > self.max_size:
+                self._reset()
+                index = self.index
+                new = list(dict.fromkeys(w for ws in sentences for w in ws))
+            self._add(new)
+        return [np.fromiter((index[w] for w in ws), dtype=np.int64, count=len(ws)) for ws in sentences]
+
+    def batch(self, rows: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+        """Right-padded words (B, T), chars (B, T, C), lengths (B,) int32 and mask (B, T) bool, like
+        twinhead.inference.collate (C: the longest word of the batch, which is all the char CNN needs)."""
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int32, count=len(rows))
+        t = int(lengths.max())
+        mask = np.arange(t)[None, :] < lengths[:, None]
+        table = np.zeros((len(rows), t), dtype=np.int64)  # 0 for padding; row 0 is a real word, masked below
+        table[mask] = np.concatenate(rows)
+        words = np.where(mask, self.word_ids[table], 0)
+        c = max(int(self.lens[table[mask]].max()), 1)
+        chars = self.chars[table, :c]
+        chars[~mask] = 0
+        return words, chars, lengths, mask
+
+
+# --- encoders --------------------------------------------------------------------------------------
+
+
+class TorchEncoder:
+    """The JointModel's forward pass on numpy batches; returns numpy intent logits (B, L) and tag scores (B, T, K)."""
+
+    def __init__(self, model: JointModel):
+        self.model = model
+        self.device = next(model.parameters()).device
+
+    def __call__(self, words, chars, lengths, mask) -> tuple[np.ndarray, np.ndarray]:
+        dev = self.device
+        with torch.inference_mode():
+            il, ts = self.model(torch.from_numpy(words).to(dev), torch.from_numpy(chars).to(dev),
+                                torch.from_numpy(mask).to(dev))
+        return il.float().cpu().numpy(), ts.float().cpu().numpy()
+
+
+class OnnxEncoder:
+    """model.onnx (see build_onnx) in an ONNX Runtime CPU session; same call and results as TorchEncoder."""
+
+    def __init__(self, model_bytes: bytes, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # errors only
+        self.session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+        self.names = [o.name for o in self.session.get_outputs()]
+        self.char_input = "chars" in {i.name for i in self.session.get_inputs()}
+
+    def __call__(self, words, chars, lengths, mask) -> tuple[np.ndarray, np.ndarray]:
+        feed = {"words": words, "lengths": lengths, "mask": mask}
+        if self.char_input:
+            feed["chars"] = chars
+        il, ts = self.session.run(self.names, feed)
+        return il, ts
+
+
+def _lstm_onnx_weights(lstm: torch.nn.LSTM, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One layer's weights in ONNX's LSTM layout: W (2, 4H, I), R (2, 4H, H), B (2, 8H), gates i, o, f, c
+    (torch's order is i, f, g, o)."""
+
+    def gates(w: torch.Tensor) -> torch.Tensor:
+        i, f, g, o = w.detach().float().chunk(4, 0)
+        return torch.cat([i, o, f, g], 0)
+
+    ws, rs, bs = [], [], []
+    for suffix in ("", "_reverse"):
+        w_ih, w_hh, b_ih, b_hh = (getattr(lstm, f"{name}_l{layer}{suffix}")
+                                  for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        ws.append(gates(w_ih))
+        rs.append(gates(w_hh))
+        bs.append(torch.cat([gates(b_ih), gates(b_hh)]))
+    return (torch.stack(ws).numpy(), torch.stack(rs).numpy(), torch.stack(bs).numpy())
+
+
+def build_onnx(model: JointModel) -> bytes:
+    """The JointModel's forward pass (eval mode) as an ONNX graph, serialized.
+
+    Inputs: words (B, T) int64, chars (B, T, C) int64 (absent without a char CNN), lengths (B,) int32,
+    mask (B, T) bool; outputs: intent_logits (B, L), tag_scores (B, T, K) float32. The BiLSTM is ONNX's LSTM
+    with sequence_lens, which reads each sentence backwards from its own last word, as torch's packed
+    sequence does. Built node by node (no tracing), so every operation is the one written here.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    cfg = model.cfg
+    if model.lstm.proj_size or not model.lstm.bidirectional or not model.lstm.batch_first:
+        raise ValueError("build_onnx expects the JointModel's batch-first bidirectional LSTM")
+    nodes, inits, names = [], [], set()
+    count = [0]
+
+    def const(name: str, value) -> str:
+        if name not in names:  # a name is one value: constants like axes are asked for more than once
+            names.add(name)
+            inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(op: str, inputs: list[str], n_out: int = 1, **attrs) -> str | list[str]:
+        count[0] += 1
+        outs = [f"{op.lower()}_{count[0]}_{k}" for k in range(n_out)]
+        nodes.append(helper.make_node(op, inputs, outs, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def linear(x: str, lin: torch.nn.Linear, name: str) -> str:
+        w = const(f"{name}.weight_t", lin.weight.detach().float().numpy().T.copy())
+        b = const(f"{name}.bias", lin.bias.detach().float().numpy())
+        return node("Add", [node("MatMul", [x, w]), b])
+
+    f32 = lambda t: t.detach().float().numpy()  # noqa: E731
+    inputs = [helper.make_tensor_value_info("words", TensorProto.INT64, ["B", "T"])]
+    x = node("Gather", [const("word_emb", f32(model.word_emb.weight)), "words"])  # (B, T, E)
+    if model.char_cnn is not None:
+        inputs.append(helper.make_tensor_value_info("chars", TensorProto.INT64, ["B", "T", "C"]))
+        cnn = model.char_cnn
+        flat = node("Flatten", ["chars"], axis=2)  # (N, C), N = B*T
+        # The convolution as one matrix product over windows of k characters (ONNX Runtime's Conv on many
+        # short rows is several times slower): the windows' char ids (N, C, k), zero-padded like padding=k//2,
+        # gather their embeddings (N, C, k*D), times the kernel (k*D, F).
+        k = cnn.conv.kernel_size[0]
+        p = k // 2
+        padded = node("Pad", [flat, const("char_pads", np.array([0, p, 0, p], dtype=np.int64))])  # (N, C+2p)
+        big = np.iinfo(np.int64).max
+        axis1 = const("win_axis", np.array([1], dtype=np.int64))
+        cols = [node("Unsqueeze", [node("Slice", [padded, const(f"win_start{j}", np.array([j], dtype=np.int64)),
+                                                  const(f"win_end{j}", np.array([j - 2 * p if j < 2 * p else big],
+                                                                                dtype=np.int64)), axis1]),
+                                   const("axis_2", np.array([2], dtype=np.int64))]) for j in range(k)]
+        win = node("Concat", cols, axis=2) if k > 1 else cols[0]  # (N, C, k) char ids
+        win = node("Gather", [const("char_emb", f32(cnn.emb.weight)), win])  # (N, C, k, D)
+        win = node("Reshape", [win, const("shape_win", np.array([0, 0, -1], dtype=np.int64))])  # (N, C, k*D)
+        w = cnn.conv.weight.detach().float().permute(2, 1, 0).reshape(-1, cnn.conv.out_channels)  # (k*D, F)
+        conv = node("Add", [node("MatMul", [win, const("char_conv.weight", w.numpy().copy())]),
+                            const("char_conv.bias", f32(cnn.conv.bias))])
+        conv = node("Relu", [conv])  # (N, C, F)
+        real = node("Cast", [node("Unsqueeze", [node("Not", [node("Equal", [flat, const(
+            "zero_i64", np.array(0, dtype=np.int64))])]), const("axis_last", np.array([2], dtype=np.int64))])],
+            to=TensorProto.FLOAT)  # (N, C, 1): 1 on real characters
+        feats = node("ReduceMax", [node("Mul", [conv, real])], axes=[1], keepdims=0)  # (N, F); padding reads 0
+        bt = node("Slice", [node("Shape", ["chars"]), const("s0", np.array([0], dtype=np.int64)),
+                            const("s2", np.array([2], dtype=np.int64))])  # [B, T]
+        shape = node("Concat", [bt, const("minus1", np.array([-1], dtype=np.int64))], axis=0)
+        x = node("Concat", [x, node("Reshape", [feats, shape])], axis=-1)  # (B, T, E + F)
+    inputs += [helper.make_tensor_value_info("lengths", TensorProto.INT32, ["B"]),
+               helper.make_tensor_value_info("mask", TensorProto.BOOL, ["B", "T"])]
+    h = node("Transpose", [x], perm=[1, 0, 2])  # (T, B, I): ONNX's LSTM is time-major
+    hidden = model.lstm.hidden_size
+    for layer in range(model.lstm.num_layers):
+        w, r, b = _lstm_onnx_weights(model.lstm, layer)
+        y = node("LSTM", [h, const(f"lstm.W{layer}", w), const(f"lstm.R{layer}", r), const(f"lstm.B{layer}", b),
+                          "lengths"], direction="bidirectional", hidden_size=hidden)  # (T, 2, B, H)
+        y = node("Transpose", [y], perm=[0, 2, 1, 3])  # (T, B, 2, H)
+        h = node("Reshape", [y, const(f"shape_tb{layer}", np.array([0, 0, -1], dtype=np.int64))])  # (T, B, 2H)
+    h = node("Transpose", [h], perm=[1, 0, 2])  # (B, T, 2H); zero past each sentence's end
+    m = node("Unsqueeze", ["mask", const("axis_2", np.array([2], dtype=np.int64))])  # (B, T, 1)
+    mf = node("Cast", [m], to=TensorProto.FLOAT)
+    axis1 = const("axes_1", np.array([1], dtype=np.int64))
+    total = node("ReduceSum", [node("Mul", [h, mf]), axis1], keepdims=0)  # (B, 2H)
+    count_ = node("Max", [node("ReduceSum", [mf, axis1], keepdims=0), const("one_f32", np.array(1.0, np.float32))])
+    mean = node("Div", [total, count_])
+    mx = node("ReduceMax", [node("Where", [m, h, const("neg", np.array(NEG, dtype=np.float32))])], axes=[1],
+              keepdims=0)  # (B, 2H)
+    mlp = model.intent_head.mlp
+    z = node("Relu", [linear(node("Concat", [mean, mx], axis=-1), mlp[0], "intent.0")])
+    logits = linear(z, mlp[3], "intent.3")  # (B, L)
+    nodes.append(helper.make_node("Identity", [logits], ["intent_logits"]))
+    if cfg.intent_to_tags:
+        p = node("Sigmoid", [logits]) if model.intent_head.multi_label else node("Softmax", [logits], axis=-1)
+        p = node("Unsqueeze", [p, axis1])  # (B, 1, L)
+        tb = node("Slice", [node("Shape", [h]), const("s0b", np.array([0], dtype=np.int64)),
+                            const("s2b", np.array([2], dtype=np.int64))])
+        n_out = np.array([model.intent_head.n_labels], dtype=np.int64)
+        p = node("Expand", [p, node("Concat", [tb, const("n_out", n_out)], axis=0)])  # (B, T, L)
+        h = node("Concat", [h, p], axis=-1)
+    scores = linear(h, model.tag_head.proj, "tags")  # (B, T, K)
+    nodes.append(helper.make_node("Identity", [scores], ["tag_scores"]))
+    outputs = [helper.make_tensor_value_info("intent_logits", TensorProto.FLOAT, ["B", "L"]),
+               helper.make_tensor_value_info("tag_scores", TensorProto.FLOAT, ["B", "T", "K"])]
+    graph = helper.make_graph(nodes, "twinhead", inputs, outputs, inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
+                              producer_name="twinhead")
+    proto.ir_version = 8  # readable by every onnxruntime since 1.10
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+# --- decoding --------------------------------------------------------------------------------------
+
+
+class Decoder:
+    """The tag head's decoding: tag ids (B, T) and the probability of each decoded tag (B, T).
+
+    Tag ids: up to 16 sentences, Viterbi in numpy (a few array operations per step, where torch's per-call
+    overhead dominates); more, the head's own torch decode. CRF head: Viterbi over transitions + BIO mask (as
+    CRF.decode) and the marginals of the decoded tags by forward-backward (as CRF.marginals, but in float64 and
+    with matrix products instead of (B, K, K) logsumexps). Softmax head: Viterbi over log-softmax scores and the
+    BIO mask (as heads.viterbi), or argmax without constraints; the softmax probability of each decoded tag.
+    """
+
+    def __init__(self, model: JointModel):
+        head = model.tag_head
+        self.head = head
+        self.device = next(head.parameters()).device
+        self.crf = hasattr(head, "crf")
+        with torch.no_grad():
+            if self.crf:
+                # Viterbi adds in float32, as CRF.decode does, so that equal scores break ties the same way;
+                # the marginals are computed in float64
+                params = head.crf._params(torch.float32)
+                self.trans32, self.start32, self.end32 = (p.cpu().numpy() for p in params)
+                self.trans, self.start, self.end = (p.astype(np.float64) for p in
+                                                    (self.trans32, self.start32, self.end32))
+                self.exp_trans = np.exp(self.trans)  # forbidden (NEG) moves become exactly 0
+                self.exp_trans_t = np.ascontiguousarray(self.exp_trans.T)
+            else:
+                self.constrained = head.bio_constraints
+                self.trans32 = head.trans.float().cpu().numpy()
+                self.start32 = head.start.float().cpu().numpy()
+
+    def __call__(self, scores: np.ndarray, lengths: np.ndarray, mask: np.ndarray,
+                 probs: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        em = np.where(mask[:, :, None], scores.astype(np.float32, copy=False), np.float32(0.0))
+        if len(em) > 16:  # torch's fused max (values and first index in one pass) beats numpy on big batches
+            with torch.inference_mode():
+                dev = self.device
+                ids = self.head.decode(torch.from_numpy(em).to(dev), torch.from_numpy(mask).to(dev)).cpu().numpy()
+            if not self.crf:
+                ids = np.where(mask, ids, 0)
+        elif self.crf:
+            ids = viterbi(em, mask, self.trans32, self.start32, self.end32)
+        elif self.constrained:
+            ids = np.where(mask, viterbi(log_softmax(em), mask, self.trans32, self.start32, None), 0)
+        else:
+            ids = np.where(mask, scores.argmax(-1), 0)
+        if self.crf:
+            return ids, (self._crf_probs(em.astype(np.float64), mask, lengths, ids) if probs else None)
+        if not probs:
+            return ids, None
+        p = softmax(scores.astype(np.float32, copy=False))
+        return ids, np.take_along_axis(p, ids[:, :, None], 2)[:, :, 0].astype(np.float64)
+
+    def _crf_probs(self, em: np.ndarray, mask: np.ndarray, lengths: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """P(y_t = ids[:, t] | sentence) by scaled forward-backward: forward and backward vectors in probability
+        space, each step a matrix product with exp(transitions) times exp(emissions - their maximum), then
+        normalised; the posterior at t is their product, normalised. Four array operations a step. Should a
+        sum underflow to 0 (emissions hundreds apart, not seen in practice), the log-space version decides."""
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 on underflow: detected below
+            return self._crf_probs_scaled(em, mask, lengths, ids)
+
+    def _crf_probs_scaled(self, em, mask, lengths, ids) -> np.ndarray:
+        b, t_len, k = em.shape
+        et, et_t = self.exp_trans, self.exp_trans_t
+        full = bool(mask.all())
+        x = np.exp(em - _max(em, 2, keepdims=True))  # (B, T, K), each row's best tag 1
+        fw = np.empty_like(em)
+        a = np.exp(em[:, 0] + self.start - _max(em[:, 0] + self.start, 1, keepdims=True))
+        a /= a.sum(1, keepdims=True)
+        fw[:, 0] = a
+        for t in range(1, t_len):
+            u = _mm(a, et) * x[:, t]
+            u /= u.sum(1, keepdims=True)
+            a = u if full else np.where(mask[:, t, None], u, a)
+            fw[:, t] = a
+        bw = np.empty_like(em)
+        q_end = np.exp(self.end - self.end.max())
+        q_end = np.broadcast_to(q_end / q_end.sum(), (b, k))
+        q = q_end
+        bw[:, -1] = q
+        for t in range(t_len - 2, -1, -1):
+            v = _mm(q * x[:, t + 1], et_t)
+            v /= v.sum(1, keepdims=True)
+            q = v if full else np.where(mask[:, t + 1, None], v, q_end)
+            bw[:, t] = q
+        post = fw * bw
+        norm = post.sum(2)
+        if not np.all(norm > 0) or not np.all(np.isfinite(norm)):
+            return self._crf_probs_log(em, mask, lengths, ids)
+        chosen = np.take_along_axis(post, ids[:, :, None], 2)[:, :, 0] / norm
+        return chosen if full else np.where(mask, chosen, 0.0)
+
+    def _crf_probs_log(self, em: np.ndarray, mask: np.ndarray, lengths: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """_crf_probs in log space with a logsumexp over every (previous, next) tag pair, as CRF.marginals
+        does: (B, K, K) work a step, exact whatever the emissions' range."""
+        b, t_len, k = em.shape
+        trans = self.trans
+
+        def lse(x: np.ndarray, axis: int) -> np.ndarray:
+            m = _max(x, axis, keepdims=True)
+            return (np.log(np.exp(x - m).sum(axis, keepdims=True)) + m).squeeze(axis)
+
+        alphas = np.empty_like(em)
+        a = em[:, 0] + self.start
+        alphas[:, 0] = a
+        for t in range(1, t_len):
+            nxt = lse(a[:, :, None] + trans, 1) + em[:, t]
+            a = np.where(mask[:, t, None], nxt, a)
+            alphas[:, t] = a
+        log_z = lse(a + self.end, 1)  # padding carried alpha over: the last column is the last real one
+        betas = np.empty_like(em)
+        end = np.broadcast_to(self.end, (b, k))
+        beta = end
+        betas[:, -1] = beta
+        for t in range(t_len - 2, -1, -1):
+            nxt = lse(trans + (em[:, t + 1] + beta)[:, None, :], 2)
+            beta = np.where(mask[:, t + 1, None], nxt, end)
+            betas[:, t] = beta
+        rows = np.arange(b)[:, None]
+        cols = np.arange(t_len)[None, :]
+        chosen = alphas[rows, cols, ids] + betas[rows, cols, ids] - log_z[:, None]
+        return np.where(mask, np.exp(np.where(mask, chosen, 0.0)), 0.0)
+
+
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b. More than a few rows go through torch: numpy's OpenBLAS runs those on threads of its own that
+    ignore torch.set_num_threads and spin against each other on a busy machine (100x slower, measured here)."""
+    if a.shape[0] <= 16:
+        return a @ b
+    return torch.from_numpy(a).matmul(torch.from_numpy(b)).numpy()
+
+
+_max = np.maximum.reduce  # ndarray.max without its Python-level wrapper: a few microseconds a call, per step
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    s = x.max(1)
+    return np.log(np.exp(x - s[:, None]).sum(1)) + s
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    s = x.max(-1, keepdims=True)
+    return x - s - np.log(np.exp(x - s).sum(-1, keepdims=True))
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def viterbi(em: np.ndarray, mask: np.ndarray, trans: np.ndarray, start: np.ndarray,
+            end: np.ndarray | None) -> np.ndarray:
+    """Best tag path (B, T) under additive transition scores, padded positions 0: CRF.decode (with `end`) and
+    heads.viterbi (without), step for step, so that equal scores pick the same (first) tag."""
+    b, t_len, k = em.shape
+    score = em[:, 0] + start
+    history = np.empty((t_len, b, k), dtype=np.int64)
+    ident = np.arange(k)
+    trans_t = np.ascontiguousarray(trans.T)  # [to, from]: the max runs along contiguous memory
+    full = bool(mask.all())
+    flat = np.arange(b * k) * k  # where row (b, j) of cand starts, flattened
+    for t in range(1, t_len):
+        cand = score[:, None, :] + trans_t  # (B, K, K): to j from i
+        idx = cand.argmax(2)  # the first best i, as torch's max
+        best = cand.ravel()[flat + idx.ravel()].reshape(b, k)  # cheaper than a second reduction
+        if full:
+            score = best + em[:, t]
+            history[t] = idx
+        else:
+            m = mask[:, t, None]
+            score = np.where(m, best + em[:, t], score)
+            history[t] = np.where(m, idx, ident)
+    last = (score + end if end is not None else score).argmax(1)
+    path = np.empty((b, t_len), dtype=np.int64)
+    path[:, -1] = last
+    rows = np.arange(b)
+    for t in range(t_len - 1, 0, -1):
+        last = history[t, rows, last]
+        path[:, t - 1] = last
+    return path if full else np.where(mask, path, 0)
+
+
+def length_batches(lengths: list[int], batch_size: int, min_uniform: int = 32) -> list[list[int]]:
+    """Indices into `lengths` in batches of at most batch_size: sentences of one length together wherever
+    there are at least min_uniform (or batch_size) of them (no padding: the LSTM runs unpacked, see
+    JointModel.forward), the rest sorted by length into padded batches."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches, rest = [], []
+    for _, group in itertools.groupby(order, key=lengths.__getitem__):
+        ks = list(group)
+        while len(ks) >= min(min_uniform, batch_size):
+            batches.append(ks[:batch_size])
+            ks = ks[batch_size:]
+        rest.extend(ks)
+    batches.extend(rest[b: b + batch_size] for b in range(0, len(rest), batch_size))
+    return batches
+
+
+# --- the whole batch loop --------------------------------------------------------------------------
+
+
+def predict_words(encoder, decoder: Decoder, table: WordTable, model: JointModel, sentences: list[list[str]],
+                  batch_size: int = 256, progress: Callable[[int], None] | None = None,
+                  stats: OverlongStats | None = None, tag_probs: bool = True) -> tuple[np.ndarray, list, list]:
+    """Sentence logits (N, L), tag ids (one int array per sentence) and, with tag_probs, each decoded tag's
+    probability (one float array per sentence; NaN past a truncated input's max_len) for non-empty word lists.
+
+    The same pieces, overlong policy and window merge as twinhead.inference.predict_logits; batches by
+    length_batches.
+    """
+    cfg = model.cfg
+    stats = stats if stats is not None else OverlongStats()
+    pieces = []
+    truncated = 0
+    for i, ws in enumerate(sentences):
+        if not ws:
+            raise ValueError(f"sentence {i} has no words")
+        if len(ws) > cfg.max_len:
+            if cfg.overlong == "truncate":
+                truncated += 1
+                stats.truncated += 1
+                pieces.append((i, 0, cfg.max_len))
+                continue
+            stats.windowed += 1
+        pieces.extend((i, s, e) for s, e in windows(len(ws), cfg.max_len))
+    rows = table.rows(sentences)
+    batches = length_batches([e - s for _, s, e in pieces], batch_size)
+    n = len(sentences)
+    logit_sum = np.zeros((n, model.intent_head.n_labels), dtype=np.float64)
+    weight = np.zeros(n)
+    o_id = model.tags.index("O") if "O" in model.tags else 0
+    ids_out = [np.full(len(ws), o_id, dtype=np.int64) for ws in sentences]
+    probs_out = [np.full(len(ws), np.nan) for ws in sentences] if tag_probs else None
+    simple = len(pieces) == n  # one piece per sentence, each whole: results need no merging
+    for ks in batches:
+        batch = [pieces[k] for k in ks]
+        words, chars, lengths, mask = table.batch([rows[i][s:e] for i, s, e in batch])
+        il, ts = encoder(words, chars, lengths, mask)
+        ids, probs = decoder(ts, lengths, mask, tag_probs)
+        idx = np.fromiter((i for i, _, _ in batch), dtype=np.int64, count=len(batch))
+        span = lengths.astype(np.float64)
+        if simple:
+            logit_sum[idx] = il
+            weight[idx] = 1.0
+        else:
+            np.add.at(logit_sum, idx, il.astype(np.float64) * span[:, None])
+            np.add.at(weight, idx, span)
+        for row, (i, s, e) in enumerate(batch):
+            ids_out[i][s:e] = ids[row, : e - s]
+            if probs_out is not None:
+                probs_out[i][s:e] = probs[row, : e - s]
+        if progress:
+            progress(len(batch))
+    if truncated:
+        warnings.warn(f"{truncated} input(s) longer than model.max_len={cfg.max_len} tokens were "
+                      "truncated; the rest of each is tagged O (policy model.overlong=truncate)", stacklevel=3)
+    return logit_sum / weight[:, None], ids_out, probs_out
+
+
+__all__ = ["Decoder", "OnnxEncoder", "TorchEncoder", "WordTable", "WordPredictions", "build_onnx", "predict_words",
+           "viterbi"]
