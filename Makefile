@@ -87,6 +87,9 @@ PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --ge
 	$(if $(LOCK_TORCH_INDEX),--extra-index-url $(LOCK_TORCH_INDEX)) -c $(VENV)/torch-lock.txt $(LOCK_FLAGS)
 lock: setup
 	echo "$(LOCK_TORCH)" > $(VENV)/torch-lock.txt
+	# seqeval's sdist fetches setuptools_scm as an egg through setup_requires; 10.x fails there (no module
+	# vcs_versioning), an installed 9.x satisfies it
+	$(BIN)/python -m pip install --quiet "setuptools-scm<10"
 	$(PIP_COMPILE) --extra pipeline -o requirements.lock pyproject.toml
 	$(PIP_COMPILE) --extra pipeline --extra dev -c requirements.lock -o requirements-dev.lock pyproject.toml
 
