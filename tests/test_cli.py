@@ -248,7 +248,7 @@ def test_every_option_of_every_command_has_help():
                if not a.help or a.help == argparse.SUPPRESS]
     assert not missing, f"options without help text: {missing}"
     dests = {a.dest for a in parsers[1]._actions}
-    assert dests >= {"text", "input", "format", "output", "bundle", "batch_size", "device", "top_k"}
+    assert dests >= {"text", "input", "format", "output", "bundle", "batch_size", "device", "top_k", "threads"}
 
 
 def test_help_check_catches_an_option_without_help():

@@ -115,9 +115,13 @@ def cmd_predict(args) -> int:
         raise TwinheadError(f"--html {args.html}: is a folder; give a file name")
     check_device(args.device)
     # Imported only now: the argument errors above come at once, without loading torch and spaCy.
+    import torch
+
     from twinhead.inputs import open_texts, source_name
     from twinhead.predictor import Predictor
 
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the Predictor gives ONNX Runtime the same number
     if args.input is None:
         predictor = Predictor(args.bundle, args.device)
         preds = predictor.predict(args.text, args.batch_size, where="argument", top_k=args.top_k)
@@ -180,6 +184,16 @@ def positive_int(value: str) -> int:
     return n
 
 
+def nonneg_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, not {value!r}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     from twinhead import __version__
 
@@ -209,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=positive_int, default=3, metavar="K",
                    help="intents listed in each prediction's top_intents, most probable first (default: 3)")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--threads", type=nonneg_int, default=1, metavar="N",
+                   help="CPU threads (torch and ONNX Runtime); 0: one per core (default: 1, measured fastest: "
+                        "README, Prediction speed)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar on stderr")
     p.set_defaults(fn=cmd_predict)
     p = sub.add_parser("ui", help="open MLflow's UI on the project's runs",

@@ -410,8 +410,8 @@ def new_state(model: JointModel, tcfg: TrainConfig, steps_per_epoch: int, seed: 
     groups = [{"params": list(model.parameters())}]
     if list(rule.parameters()):
         groups.append({"params": list(rule.parameters()), "weight_decay": 0.0})
-    # fused: one kernel for all parameters instead of a loop over them (-0.8 CPU s per epoch of the development set on the CPU,
-    # benchmarks/spacy_peer.py --profile)
+    # fused: one kernel for all parameters instead of a loop over them (-0.8 CPU s per epoch of the development
+    # set on the CPU, benchmarks/spacy_peer.py --profile)
     fused = next(model.parameters()).device.type in ("cpu", "cuda")
     opt = torch.optim.Adam(groups, lr=tcfg.lr, weight_decay=tcfg.weight_decay, fused=fused)
     if tcfg.scheduler == "plateau":  # stepped once per epoch on the dev metric (threshold 0: any gain counts)
