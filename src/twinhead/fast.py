@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from twinhead.crf import NEG
-from twinhead.inference import OverlongStats, WordPredictions, windows
+from twinhead.inference import OverlongStats, WordPredictions, split_pieces
 from twinhead.model import JointModel
 from twinhead.vocab import Vocabs
 
@@ -485,19 +485,7 @@ def predict_words(encoder, decoder: Decoder, table: WordTable, model: JointModel
     """
     cfg = model.cfg
     stats = stats if stats is not None else OverlongStats()
-    pieces = []
-    truncated = 0
-    for i, ws in enumerate(sentences):
-        if not ws:
-            raise ValueError(f"sentence {i} has no words")
-        if len(ws) > cfg.max_len:
-            if cfg.overlong == "truncate":
-                truncated += 1
-                stats.truncated += 1
-                pieces.append((i, 0, cfg.max_len))
-                continue
-            stats.windowed += 1
-        pieces.extend((i, s, e) for s, e in windows(len(ws), cfg.max_len))
+    pieces, truncated = split_pieces(sentences, cfg, stats)
     rows = table.rows(sentences)
     batches = length_batches([e - s for _, s, e in pieces], batch_size)
     n = len(sentences)

@@ -46,6 +46,24 @@ class OverlongStats:
         self.windowed = 0  # sentences split into windows (policy 'window')
 
 
+def split_pieces(sentences: list[list[str]], cfg, stats: OverlongStats) -> tuple[list[tuple[int, int, int]], int]:
+    """What the model reads, by the overlong policy: (sentence index, start, end) pieces, and how many sentences
+    of this call were truncated (`stats` keeps the running totals)."""
+    pieces, truncated = [], 0
+    for i, ws in enumerate(sentences):
+        if not ws:
+            raise ValueError(f"sentence {i} has no words")
+        if len(ws) > cfg.max_len:
+            if cfg.overlong == "truncate":
+                truncated += 1
+                stats.truncated += 1
+                pieces.append((i, 0, cfg.max_len))
+                continue
+            stats.windowed += 1
+        pieces.extend((i, s, e) for s, e in windows(len(ws), cfg.max_len))
+    return pieces, truncated
+
+
 @dataclass
 class WordPredictions:
     """What the model says about a list of word sequences, before any label decision."""
@@ -78,19 +96,7 @@ def predict_logits(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    pieces = []  # (sentence index, start, end)
-    truncated = 0  # in this call; `stats` keeps the running totals
-    for i, ws in enumerate(sentences):
-        if not ws:
-            raise ValueError(f"sentence {i} has no words")
-        if len(ws) > cfg.max_len:
-            if cfg.overlong == "truncate":
-                truncated += 1
-                stats.truncated += 1
-                pieces.append((i, 0, cfg.max_len))
-                continue
-            stats.windowed += 1
-        pieces.extend((i, s, e) for s, e in windows(len(ws), cfg.max_len))
+    pieces, truncated = split_pieces(sentences, cfg, stats)
     # Sort by length so batches hold similar lengths (less padding); results go back by index.
     order = sorted(range(len(pieces)), key=lambda k: pieces[k][2] - pieces[k][1])
     n_int = model.intent_head.n_labels
