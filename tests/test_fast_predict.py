@@ -112,6 +112,16 @@ def test_backends_agree_with_the_reference_on_the_snips_test_split(snips_bundle,
 
 
 @needs_ort
+def test_onnx_batches_run_side_by_side_give_exactly_the_one_worker_predictions(snips_bundle):
+    texts = [" ".join(toks) for toks in snips_split("test")[0]]
+    one, two = Predictor(snips_bundle, threads=1), Predictor(snips_bundle, threads=2)
+    assert (one.backend, one.workers, two.backend, two.workers) == ("onnx", 1, "onnx", 2)
+    got = two.predict(texts, batch_size=16)  # ~45 batches merged out of order of completion
+    assert got == one.predict(texts, batch_size=16)
+    assert_same_predictions(got, Predictor(snips_bundle, backend="reference").predict(texts))
+
+
+@needs_ort
 def test_auto_picks_onnx_when_the_bundle_has_it(snips_bundle, tmp_path):
     assert Predictor(snips_bundle).backend == "onnx"
     cfg = json.loads((snips_bundle / CONFIG).read_text(encoding="utf-8"))

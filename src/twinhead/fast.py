@@ -476,7 +476,8 @@ def length_batches(lengths: list[int], batch_size: int, min_uniform: int = 32) -
 
 def predict_words(encoder, decoder: Decoder, table: WordTable, model: JointModel, sentences: list[list[str]],
                   batch_size: int = 256, progress: Callable[[int], None] | None = None,
-                  stats: OverlongStats | None = None, tag_probs: bool = True) -> tuple[np.ndarray, list, list]:
+                  stats: OverlongStats | None = None, tag_probs: bool = True,
+                  workers: int = 1) -> tuple[np.ndarray, list, list]:
     """Sentence logits (N, L), tag ids (one int array per sentence) and, with tag_probs, each decoded tag's
     probability (one float array per sentence; NaN past a truncated input's max_len) for non-empty word lists.
 
@@ -495,11 +496,23 @@ def predict_words(encoder, decoder: Decoder, table: WordTable, model: JointModel
     ids_out = [np.full(len(ws), o_id, dtype=np.int64) for ws in sentences]
     probs_out = [np.full(len(ws), np.nan) for ws in sentences] if tag_probs else None
     simple = len(pieces) == n  # one piece per sentence, each whole: results need no merging
-    for ks in batches:
+
+    def run(ks: list[int]):
         batch = [pieces[k] for k in ks]
         words, chars, lengths, mask = table.batch([rows[i][s:e] for i, s, e in batch])
         il, ts = encoder(words, chars, lengths, mask)
-        ids, probs = decoder(ts, lengths, mask, tag_probs)
+        return batch, lengths, il, *decoder(ts, lengths, mask, tag_probs)
+
+    if workers > 1 and len(batches) > 1:
+        # ONNX Runtime, numpy and torch release the GIL in their kernels: batches run side by side, each on
+        # one thread, and are merged in order below.
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(workers)
+        results = pool.map(run, batches)
+    else:
+        pool, results = None, map(run, batches)
+    for batch, lengths, il, ids, probs in results:
         idx = np.fromiter((i for i, _, _ in batch), dtype=np.int64, count=len(batch))
         span = lengths.astype(np.float64)
         if simple:
@@ -514,6 +527,8 @@ def predict_words(encoder, decoder: Decoder, table: WordTable, model: JointModel
                 probs_out[i][s:e] = probs[row, : e - s]
         if progress:
             progress(len(batch))
+    if pool is not None:
+        pool.shutdown()
     if truncated:
         warnings.warn(f"{truncated} input(s) longer than model.max_len={cfg.max_len} tokens were "
                       "truncated; the rest of each is tagged O (policy model.overlong=truncate)", stacklevel=3)

@@ -82,8 +82,9 @@ class Predictor:
     """Predict intents and entities on raw text with an exported bundle."""
 
     def __init__(self, bundle: str | Path, device: str = "cpu", backend: str = "auto", threads: int | None = None):
-        """Load `bundle`. backend: auto, onnx, torch or reference (see the module docstring); threads: ONNX
-        Runtime's intra-op threads (default: torch.get_num_threads(), so torch.set_num_threads sets both)."""
+        """Load `bundle`. backend: auto, onnx, torch or reference (see the module docstring); threads (default:
+        torch.get_num_threads(), so torch.set_num_threads sets both backends): with onnx, that many batches run
+        side by side, each on one ONNX Runtime thread (faster than one batch on many: README, Prediction speed)."""
         import torch
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -117,6 +118,7 @@ class Predictor:
         self.stats = OverlongStats()
         self.tasks = list(cfg.get("tasks", TASKS))  # a single-task model predicts no intent (or no entities)
         self.temperature = read_temperature(cfg, cfg_path)  # divides the intent logits (1.0: not calibrated)
+        self.workers = 1
         self.backend = self._choose_backend(bundle, backend, device, threads)
         if self.backend != "reference":
             from twinhead.fast import Decoder, TorchEncoder, WordTable
@@ -141,12 +143,15 @@ class Predictor:
         elif not onnxruntime_available():
             why = f"onnxruntime is not installed ({FAST_EXTRA})"
         if why is None:
+            import torch
+
             from twinhead.fast import OnnxEncoder
 
             try:
-                self.encoder = OnnxEncoder((bundle / ONNX).read_bytes(), threads)
+                self.encoder = OnnxEncoder((bundle / ONNX).read_bytes(), 1)
             except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
                 raise TwinheadError(f"{bundle / ONNX}: ONNX Runtime cannot load it: {str(e)[:300]}") from e
+            self.workers = max(1, threads or torch.get_num_threads())
             return "onnx"
         if backend == "onnx":
             raise TwinheadError(f"backend 'onnx': {why}")
@@ -219,7 +224,7 @@ class Predictor:
         from twinhead.fast import predict_words
 
         logits, ids, probs = predict_words(self.encoder, self.decoder, self.table, self.model, words, batch_size,
-                                           progress, self.stats)
+                                           progress, self.stats, workers=self.workers)
         names = self._tag_names
         tags = [names[r].tolist() for r in ids]
         tag_probs = [[None if p != p else p for p in r.tolist()] if np.isnan(r).any() else r.tolist() for r in probs]
