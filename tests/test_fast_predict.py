@@ -335,3 +335,8 @@ def test_encoder_options_the_onnx_graph_lacks_export_without_it_and_predict_thro
     auto, ref = Predictor(bundle), Predictor(bundle, backend="reference")
     assert auto.backend == "torch"
     assert_same_predictions(auto.predict(TEXTS), ref.predict(TEXTS))
+    from twinhead.export import add_onnx
+
+    with pytest.raises(TwinheadError, match=f"does not cover model.{key}={value}"):
+        add_onnx(bundle, tmp_path / "with-onnx")
+    assert not (tmp_path / "with-onnx").exists()

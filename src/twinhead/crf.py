@@ -141,23 +141,20 @@ class CRF(nn.Module):
         logsumexp recursion over (B, K, K) instead.
         """
         trans, start, _ = self._params(em.dtype)
-        if exact:
-            alpha = em[:, 0] + start  # (B, K)
-            out = [alpha]
-            for t in range(1, em.shape[1]):
-                nxt = torch.logsumexp(alpha.unsqueeze(2) + trans, 1) + em[:, t]  # (B, K)
-                alpha = torch.where(mask[:, t].unsqueeze(1), nxt, alpha)
-                out.append(alpha)
-            return torch.stack(out, 1)
         wide = torch.promote_types(em.dtype, torch.float64)
         exp_trans = trans.to(wide).exp()  # (K, K)
+
+        def step(alpha: torch.Tensor) -> torch.Tensor:  # (B, K) -> log-sum over the previous tag, (B, K)
+            if exact:
+                return torch.logsumexp(alpha.unsqueeze(2) + trans, 1)
+            top = alpha.max(1, keepdim=True).values.detach()  # (B, 1); the shift cancels out of the gradient
+            probs = (alpha - top).to(wide).clamp(min=-600.0).exp()  # (B, K)
+            return (probs @ exp_trans).log().to(em.dtype) + top
+
         alpha = em[:, 0] + start  # (B, K)
         out = [alpha]
         for t in range(1, em.shape[1]):
-            top = alpha.max(1, keepdim=True).values.detach()  # (B, 1); the shift cancels out of the gradient
-            probs = (alpha - top).to(wide).clamp(min=-600.0).exp()  # (B, K)
-            nxt = (probs @ exp_trans).log().to(em.dtype) + top + em[:, t]  # (B, K)
-            alpha = torch.where(mask[:, t].unsqueeze(1), nxt, alpha)
+            alpha = torch.where(mask[:, t].unsqueeze(1), step(alpha) + em[:, t], alpha)
             out.append(alpha)
         return torch.stack(out, 1)
 

@@ -34,6 +34,8 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path, onnx: bool = Fals
     from safetensors.torch import save_file
 
     model, vocabs, ckpt = load_checkpoint(checkpoint)
+    from twinhead.fast import onnx_gap  # torch only: no onnx package needed to ask
+
     gap = onnx_gap(model.cfg) if onnx else None
     if gap:
         # An encoder option under study should not fail the export: the Predictor runs the torch backend.
@@ -73,16 +75,12 @@ def onnx_model(model) -> bytes:
     if importlib.util.find_spec("onnx") is None:
         raise TwinheadError("params.yaml: export.onnx: true needs the onnx package: pip install 'twinhead[fast]' "
                             "(or set export.onnx: false)")
-    from twinhead.fast import build_onnx
+    from twinhead.fast import build_onnx, onnx_gap
 
+    if onnx_gap(model.cfg):
+        raise TwinheadError(f"model.onnx: the ONNX graph does not cover {onnx_gap(model.cfg)}; the bundle predicts "
+                            "through torch")
     return build_onnx(model)
-
-
-def onnx_gap(cfg) -> str | None:
-    """The model options the ONNX graph (twinhead.fast.build_onnx) does not cover, or None."""
-    gaps = [f"model.{k}={getattr(cfg, k)}" for k, off in
-            (("char_encoder", "cnn"), ("attention_heads", 0), ("intent_level", "sentence")) if getattr(cfg, k) != off]
-    return ", ".join(gaps) or None
 
 
 def add_onnx(bundle: str | Path, out_dir: str | Path) -> dict:

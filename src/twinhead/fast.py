@@ -160,6 +160,13 @@ def _lstm_onnx_weights(lstm: torch.nn.LSTM, layer: int) -> tuple[np.ndarray, np.
     return (torch.stack(ws).numpy(), torch.stack(rs).numpy(), torch.stack(bs).numpy())
 
 
+def onnx_gap(cfg) -> str | None:
+    """The model options build_onnx does not write into the graph (they are set off the default), or None."""
+    gaps = [f"model.{k}={getattr(cfg, k)}" for k, off in
+            (("char_encoder", "cnn"), ("attention_heads", 0), ("intent_level", "sentence")) if getattr(cfg, k) != off]
+    return ", ".join(gaps) or None
+
+
 def build_onnx(model: JointModel) -> bytes:
     """The JointModel's forward pass (eval mode) as an ONNX graph, serialized.
 
@@ -174,6 +181,8 @@ def build_onnx(model: JointModel) -> bytes:
     cfg = model.cfg
     if model.lstm.proj_size or not model.lstm.bidirectional or not model.lstm.batch_first:
         raise ValueError("build_onnx expects the JointModel's batch-first bidirectional LSTM")
+    if onnx_gap(cfg):
+        raise ValueError(f"the ONNX graph does not cover {onnx_gap(cfg)}")
     nodes, inits, names = [], [], set()
     count = [0]
 

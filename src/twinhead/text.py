@@ -64,14 +64,9 @@ def tokenize(nlp, text: str) -> tuple[list[str], list[int]]:
     whitespace-free run's length and it refuses texts over nlp.max_length.
     """
     tokens, offsets = [], []
-    # Most texts are shorter than MAX_RUN and cannot hold a long run: skip the regex search and slicing.
-    if len(text) <= MAX_RUN or (len(text) <= CHUNK and not LONG_RUN.search(text)):
-        for tok in nlp.make_doc(text):
-            if not tok.is_space:
-                tokens.append(tok.text)
-                offsets.append(tok.idx)
-        return tokens, offsets
-    spans = _pieces(text)
+    # Most texts are shorter than MAX_RUN and cannot hold a long run: no regex search for them.
+    whole = len(text) <= MAX_RUN or (len(text) <= CHUNK and not LONG_RUN.search(text))
+    spans = [(0, len(text))] if whole else _pieces(text)
     for start, end in spans:
         for tok in nlp.make_doc(text[start:end]):
             if tok.is_space:
