@@ -9,7 +9,8 @@ Groups: tasks (joint / intent-only / tags-only), stopwords (keep all / drop but 
 entities / drop all), loss_rules (sum / grad_mean / uncertainty / pcgrad), heads (softmax / crf tags),
 schedule (plateau, the default, whose runs are heads' softmax ones / the 15-epoch cosine it replaced),
 encoder (the defaults, whose runs are heads' crf ones / a character BiLSTM / self-attention over the BiLSTM
-states / token-level intent, each alone).
+states / token-level intent, each alone), average (the defaults / checkpoint averaging over the best epoch
+and the 4 before it).
 Each configuration sets every param the group varies, so a row is what its name says whatever
 params.yaml holds. Experiments are named GROUP-CONFIG-DATASET-s<seed>; all are queued seed by seed (a
 full one-seed table exists after the first third) and run by one worker (benchmarks/seeds.py).
@@ -70,6 +71,14 @@ GROUPS: dict[str, tuple[Config, ...]] = {
         ("attention-4", ("model.char_encoder=cnn", "model.attention_heads=4", "model.intent_level=sentence")),
         ("token-intent", ("model.char_encoder=cnn", "model.attention_heads=0", "model.intent_level=token")),
     )),
+    # checkpoint averaging (issue "quality"): the defaults, and the mean of the best epoch's weights and the 4
+    # before it, kept when not worse on dev (each averaged run also records its best single epoch's dev scores)
+    "average": (
+        Config("base", ("train.average_last=0", "model.char_encoder=cnn", "model.attention_heads=0",
+                        "model.intent_level=sentence", "model.tag_decoder=crf")),
+        Config("avg-5", ("train.average_last=5", "model.char_encoder=cnn", "model.attention_heads=0",
+                         "model.intent_level=sentence", "model.tag_decoder=crf")),
+    ),
 }
 SELECT_ON = "dev_sentence_accuracy"  # the headline dev metric (train.early_stop_metric's default)
 # task -> (its single-task configuration, the metric it is judged on)

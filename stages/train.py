@@ -33,7 +33,7 @@ from twinhead.params import BaseConfig, as_dict, flatten, load_config
 from twinhead.preprocess import load_split
 from twinhead.text import TextPipeline
 from twinhead.tracking import MlflowConfig, Tracker, run_tags
-from twinhead.train import TrainConfig, fit_calibration, resolve_device, train
+from twinhead.train import METRICS, TrainConfig, fit_calibration, resolve_device, train
 from twinhead.vocab import Vocabs
 
 SECTIONS = {"base": BaseConfig, "model": ModelConfig, "train": TrainConfig, "mlflow": MlflowConfig}
@@ -60,6 +60,14 @@ def main() -> int:
     device = resolve_device(tcfg.device, distributed.env_world())
     with distributed.process_group(device) as world:
         return run(args, p, world)
+
+
+def average_summary(average: dict) -> dict:
+    """train.json's record of checkpoint averaging: whether the mean was kept, how many epochs it spans, and
+    the dev scores of the best single epoch beside the mean's (the paired comparison behind the choice)."""
+    return {"average_kept": int(average["kept"]), "average_epochs": len(average["epochs"]),
+            **{f"average_{k}": v for k, v in average["dev_scores"].items() if k[4:] in METRICS},
+            **{f"best_epoch_{k}": v for k, v in average["best_epoch_dev_scores"].items() if k[4:] in METRICS}}
 
 
 def run(args, p: dict, world: distributed.World) -> int:
@@ -104,7 +112,8 @@ def run(args, p: dict, world: distributed.World) -> int:
     save_checkpoint(args.checkpoint, model, vocabs, preprocess,
                     {"best_epoch": res.best_epoch, "dev_scores": res.best_scores, "device": res.device,
                      "tasks": list(tcfg.tasks), "loss_rule": tcfg.loss_rule, "loss_rule_state": res.rule_state,
-                     "calibration": calibration})
+                     "calibration": calibration,
+                     **({"averaged_epochs": res.average["epochs"]} if res.average and res.average["kept"] else {})})
     Path(args.state).unlink(missing_ok=True)  # only needed to recover from a crash
     log = pd.DataFrame(res.history)
     log["selected"] = (log["epoch"] == res.best_epoch).astype(int)  # the epoch whose weights were kept
@@ -117,7 +126,8 @@ def run(args, p: dict, world: distributed.World) -> int:
                "intent_temperature": calibration["temperature"],
                **{k: v for k, v in calibration.items() if k.startswith("dev_intent_ece")},
                **({"vectors_coverage": res.vectors["coverage"], "vectors_found": res.vectors["found"]}
-                  if res.vectors else {})}
+                  if res.vectors else {}),
+               **(average_summary(res.average) if res.average else {})}
     fileio.write_json(args.summary, summary)
     tracker.log_metrics({**summary, **{f"best_{k}": v for k, v in res.best_scores.items()}})
     tracker.log_artifact(args.log)

@@ -10,7 +10,16 @@ import torch
 from tests.conftest import snips_sample
 from twinhead.model import JointModel, ModelConfig
 from twinhead.preprocess import PreprocessConfig, preprocess
-from twinhead.train import TrainConfig, TrainData, new_state, train, train_step
+from twinhead.train import (
+    TrainConfig,
+    TrainData,
+    average_weights,
+    evaluate_frame,
+    new_state,
+    selection_score,
+    train,
+    train_step,
+)
 from twinhead.vocab import build_vocabs
 
 MCFG = ModelConfig(word_dim=12, char_dim=6, char_filters=6, hidden_size=12, num_layers=1, dropout=0.0)
@@ -189,3 +198,60 @@ def test_bf16_runs_the_training_forward_in_bfloat16_and_still_learns(data):
     # the same run, rounded differently: close to fp32's losses, not equal to them
     assert first["train_loss"] != fp32.history[0]["train_loss"]
     assert first["train_loss"] == pytest.approx(fp32.history[0]["train_loss"], rel=0.02)
+
+
+def test_average_weights_is_the_elementwise_mean_and_keeps_integer_tensors():
+    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
+    b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(5)}
+    mean = average_weights([a, b])
+    assert torch.equal(mean["w"], torch.tensor([2.0, 4.0])) and torch.equal(mean["n"], torch.tensor(5))
+
+
+def test_checkpoint_averaging_scores_the_mean_on_dev_and_keeps_it_only_if_not_worse(data):
+    """train.average_last=3: the mean of the best epoch's weights and the two before it is scored on dev
+    (the scores reported are those of the weights returned), and replaces the best epoch's weights exactly
+    when its selection score is at least theirs. Off, there is no record and the best epoch is returned."""
+    tr, dev, vocabs = data
+    base = dict(epochs=6, batch_size=16, lr=0.02, patience=0, scheduler="none")
+    off = train(tr, dev, vocabs, MCFG, TrainConfig(**base), seed=3, progress=False)
+    on = train(tr, dev, vocabs, MCFG, TrainConfig(**base, average_last=3), seed=3, progress=False)
+    assert off.average is None
+    avg = on.average
+    assert on.best_epoch == off.best_epoch >= 3  # averaging changes nothing before the end
+    assert avg["epochs"] == [off.best_epoch - 2, off.best_epoch - 1, off.best_epoch]
+    assert avg["best_epoch_dev_scores"] == off.best_scores
+    model = JointModel(on.model_config, len(vocabs.words), len(vocabs.chars), vocabs.tags.itos, vocabs.intents.itos)
+    model.load_state_dict(on.best_state)
+    scores = {f"dev_{k}": v for k, v in evaluate_frame(model, vocabs, dev, 256)[0].items()}
+    kept = selection_score({k[4:]: v for k, v in avg["dev_scores"].items()}, "sentence_accuracy") >= \
+        selection_score({k[4:]: v for k, v in off.best_scores.items()}, "sentence_accuracy")
+    assert avg["kept"] == kept
+    if kept:
+        assert scores == avg["dev_scores"] == on.best_scores
+        assert any(not torch.equal(v, off.best_state[k]) for k, v in on.best_state.items())
+    else:
+        assert on.best_scores == off.best_scores
+        assert all(torch.equal(v, off.best_state[k]) for k, v in on.best_state.items())
+
+
+def test_checkpoint_averaging_resumes_with_the_epochs_it_had(data, tmp_path):
+    """A run killed after epoch 4 and resumed averages the same epochs' weights as an uninterrupted run."""
+    tr, dev, vocabs = data
+    tcfg = TrainConfig(epochs=6, batch_size=16, lr=0.02, patience=0, scheduler="none", average_last=4)
+    full = train(tr, dev, vocabs, MCFG, tcfg, seed=5, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def die(row):
+        if row["epoch"] == 4:
+            raise Killed
+
+    state = tmp_path / "state.pt"
+    with pytest.raises(Killed):
+        train(tr, dev, vocabs, MCFG, tcfg, seed=5, state_path=state, on_epoch=die, progress=False)
+    resumed = train(tr, dev, vocabs, MCFG, tcfg, seed=5, state_path=state, progress=False)
+    assert resumed.resumed_from == 4
+    assert resumed.average == full.average
+    for k, v in full.best_state.items():
+        assert torch.equal(v, resumed.best_state[k]), k

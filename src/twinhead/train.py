@@ -45,7 +45,7 @@ from twinhead.params import Fraction, NonNegFloat, NonNegInt, PosInt, section
 from twinhead.vectors import init_embeddings
 from twinhead.vocab import Vocabs
 
-STATE_FORMAT = "twinhead-train-state/3"
+STATE_FORMAT = "twinhead-train-state/4"
 METRICS = ("intent_accuracy", "slot_f1", "sentence_accuracy")  # dev metrics logged per epoch
 # the per-epoch log's wall-clock columns: the only ones that differ between two identical runs
 TIMING = ("seconds", "train_sentences_per_s", "train_words_per_s")
@@ -89,6 +89,9 @@ class TrainConfig:
     calibrate: bool = True  # fit the intent temperature on dev after training (twinhead.calibration)
     nproc: PosInt = 1  # training processes on this node (torchrun + DDP; see README, "Training on torchrun")
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: the forward pass under torch.autocast(bfloat16)
+    # > 1: also try the mean of the weights of the best epoch and the n-1 epochs before it (checkpoint
+    # averaging); kept when its dev score is at least the best epoch's. 0 or 1: off
+    average_last: NonNegInt = 0
 
     def __post_init__(self):
         if len(set(self.tasks)) != len(self.tasks):
@@ -339,6 +342,8 @@ class TrainResult:
     model_config: ModelConfig  # as trained (intent_to_tags is off when the intent task is not trained)
     rule_state: dict  # the loss rule's learned state at the end (uncertainty: the task log-variances)
     vectors: dict | None = None  # model.vectors' coverage of the vocabulary (Coverage.to_dict), None when off
+    # train.average_last: the epochs averaged, their dev scores, the best epoch's, and whether the mean was kept
+    average: dict | None = None
 
 
 def _rng_state(gen: torch.Generator) -> dict:
@@ -372,6 +377,8 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     best_state: dict | None = None
     best_scores: dict = field(default_factory=dict)
+    recent: list[dict] = field(default_factory=list)  # train.average_last: the last epochs' weights, oldest first
+    best_window: list[dict] = field(default_factory=list)  # ...as they were at the best epoch
 
     def state_dict(self) -> dict:
         return {
@@ -380,6 +387,7 @@ class TrainState:
             "rule": {k: v.detach().cpu() for k, v in self.rule.state_dict().items()}, "rng": _rng_state(self.gen),
             "best_score": self.best_score, "best_epoch": self.best_epoch, "bad": self.bad, "history": self.history,
             "best_state": self.best_state, "best_scores": self.best_scores,
+            "recent": self.recent, "best_window": self.best_window,
         }
 
     def load_state_dict(self, st: dict) -> None:
@@ -391,6 +399,7 @@ class TrainState:
         self.epoch, self.best_score = st["epoch"], st["best_score"]
         self.best_epoch, self.bad = st["best_epoch"], st["bad"]
         self.history, self.best_state, self.best_scores = st["history"], st["best_state"], st["best_scores"]
+        self.recent, self.best_window = st["recent"], st["best_window"]
 
 
 def new_state(model: JointModel, tcfg: TrainConfig, steps_per_epoch: int, seed: int,
@@ -595,9 +604,12 @@ def train(
         score = selection_score(dev, tcfg.early_stop_metric)
         if isinstance(state.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             state.scheduler.step(score[0])  # the lr of the next epoch; row["lr"] is this epoch's
+        weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if tcfg.average_last > 1:
+            state.recent = [*state.recent, weights][-tcfg.average_last:]
         if score > state.best_score:
             state.best_score, state.best_epoch, state.bad = score, state.epoch, 0
-            state.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state.best_state, state.best_window = weights, list(state.recent)
             state.best_scores = {f"dev_{k}": v for k, v in dev.items()}
         else:
             state.bad += 1
@@ -615,7 +627,39 @@ def train(
                 torch.save({"format": STATE_FORMAT, "fingerprint": fp, **state.state_dict(), **extra}, tmp)
         if on_epoch and world.main:  # after the state is saved: a kill inside the callback loses nothing
             on_epoch(row)
+    average = None
+    if len(state.best_window) > 1:
+        average = try_average(state, model, vocabs, dev_df, tcfg, world)
+        say(f"mean of the weights of epochs {average['epochs'][0]}-{average['epochs'][-1]}: dev "
+            + ", ".join(f"{k[4:]} {v:.4f}" for k, v in average["dev_scores"].items() if k[4:] in METRICS)
+            + (": kept" if average["kept"] else f": not kept, epoch {state.best_epoch} is better"), flush=True)
     return TrainResult(state.best_state, state.best_epoch, state.best_scores, state.history, str(device),
                        resumed_from, data.truncated, mcfg,
                        {k: v.detach().cpu() for k, v in state.rule.state_dict().items()},
-                       vectors.to_dict() if vectors else None)
+                       vectors.to_dict() if vectors else None, average)
+
+
+def average_weights(states: list[dict]) -> dict:
+    """The element-wise mean of state dicts (floating tensors); other tensors come from the last one."""
+    return {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
+            for k, v in states[-1].items()}
+
+
+def try_average(state: TrainState, model: JointModel, vocabs: Vocabs, dev_df: pd.DataFrame, tcfg: TrainConfig,
+                world: World) -> dict:
+    """Checkpoint averaging (train.average_last): the mean of the best epoch's weights and those of the
+    epochs before it, scored on dev; it replaces the best epoch's (state.best_state, best_scores) when its
+    selection score is at least as high. Rank 0 decides; every rank ends with the same state."""
+    first = state.best_epoch - len(state.best_window) + 1
+    mean = average_weights(state.best_window)
+    dev = None
+    if world.main:
+        model.load_state_dict(mean)
+        dev = evaluate_frame(model, vocabs, dev_df, tcfg.eval_batch_size)[0]
+    dev = distributed.broadcast(dev, world)
+    kept = selection_score(dev, tcfg.early_stop_metric) >= state.best_score
+    out = {"epochs": list(range(first, state.best_epoch + 1)), "dev_scores": {f"dev_{k}": v for k, v in dev.items()},
+           "best_epoch_dev_scores": state.best_scores, "kept": kept}
+    if kept:
+        state.best_state, state.best_scores = mean, out["dev_scores"]
+    return out
