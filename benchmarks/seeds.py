@@ -372,15 +372,16 @@ def queue_plan(dvc: Dvc, plan: list[Planned], force: bool = False, all_commits: 
     found = dvc.experiments(all_commits)
     tasks_before, _ = dvc.queue_status()
     wait = {t: n for t, (n, s) in tasks_before.items() if s in PENDING and n in {p.name for p in plan}}
+    done = {p.name for p in plan if (e := found.get(p.name)) is not None and e.state == "success" and not force}
+    for p in plan:  # every clash is found before anything is queued
+        bad = mismatches(found[p.name].params, p.sets) if p.name in done else []
+        if bad:
+            raise TwinheadError(f"experiment {p.name} exists with other params ({'; '.join(bad)}): "
+                                "choose another --name, or --force to replace it")
     queued: list[str] = []
     for p in plan:
-        exp = found.get(p.name)
-        if exp is not None and exp.state == "success" and not force:
-            bad = mismatches(exp.params, p.sets)
-            if bad:
-                raise TwinheadError(f"experiment {p.name} exists with other params ({'; '.join(bad)}): "
-                                    "choose another --name, or --force to replace it")
-            print(f"{p.name}: done already ({exp.rev[:7]}), collected as is", flush=True)
+        if p.name in done:
+            print(f"{p.name}: done already ({found[p.name].rev[:7]}), collected as is", flush=True)
             continue
         if p.name in wait.values():
             print(f"{p.name}: already in the queue", flush=True)

@@ -286,6 +286,53 @@ def test_numpy_crf_decoding_equals_the_crf_module():
     np.testing.assert_allclose(probs3, probs[full], atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["peaked", "noisy", "ties", "all allowed", "half forbidden"])
+def test_maxplus_step_is_the_dense_maximum_exactly(kind, monkeypatch):
+    """MaxPlus (the Viterbi step that skips BIO's forbidden moves) gives torch's (B, K, K) maximum bit for bit,
+    first index on ties: peaked scores (a trained model's) take the structured path throughout, near-ties and
+    exact ties fall back to the dense maximum row by row."""
+    from twinhead.crf import CRF
+
+    tags = ["O"] + [f"{p}-{t}" for t in "abcdef" for p in "BI"]
+    gen = torch.Generator().manual_seed(1)
+    crf = CRF(tags)
+    with torch.no_grad():
+        crf.transitions.copy_(torch.randn(len(tags), len(tags), generator=gen))
+        trans = crf._params(torch.float32)[0]
+        if kind == "ties":  # integer scores and transitions: many equal sums
+            trans = torch.where(trans > -100, trans.round(), trans)
+        if kind == "all allowed":
+            trans = torch.randn(len(tags), len(tags), generator=gen)
+        if kind == "half forbidden":  # no column with few moves in, nor with all: the dense maximum
+            trans = torch.randn(len(tags), len(tags), generator=gen)
+            trans[torch.rand(len(tags), len(tags), generator=gen) < 0.5] = -1e4
+    b, k = 64, len(tags)
+    score = {"peaked": torch.randn(b, k, generator=gen) + 30 * torch.nn.functional.one_hot(
+                 torch.randint(k, (b,), generator=gen), k),
+             "noisy": torch.randn(b, k, generator=gen) * 0.3,
+             # half the rows with one clear best tag, half with exact ties at the top
+             "ties": torch.randint(0, 2, (b, k), generator=gen).float() + 30 * torch.nn.functional.one_hot(
+                 torch.randint(k, (b,), generator=gen), k) * (torch.arange(b) < b // 2)[:, None],
+             "all allowed": torch.randn(b, k, generator=gen) * 3,
+             "half forbidden": torch.randn(b, k, generator=gen)}[kind]
+    step = fast.MaxPlus(trans.numpy())
+    redone = []
+    dense = step.dense_step
+    monkeypatch.setattr(step, "dense_step", lambda s, cols=None: (redone.append(len(s)) if cols is None else None,
+                                                                   dense(s, cols))[1])
+    best, idx = step(score.numpy())
+    ref_best, ref_idx = (score.unsqueeze(2) + trans).max(1)
+    assert np.array_equal(best, ref_best.numpy()) and np.array_equal(idx, ref_idx.numpy())
+    if kind == "peaked":
+        assert redone == [] and len(step.open) == 7 and len(step.narrow) == 6 and step.structured
+    elif kind == "ties":
+        assert redone and b // 4 < redone[0] <= b // 2  # the tied rows, and only they, redone densely
+    elif kind == "all allowed":
+        assert len(step.open) == k and redone and redone[0] < b
+    elif kind == "half forbidden":
+        assert not step.structured and redone == [b]
+
+
 def test_the_word_table_starts_afresh_when_full_and_encodes_as_the_reference():
     _, vocabs = make_model()
     table = fast.WordTable(vocabs, max_word_len=5, max_size=6)

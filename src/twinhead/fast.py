@@ -6,7 +6,7 @@ What the model computes is unchanged; only how. Per batch of word sequences:
   encoder     the network (embeddings, char CNN, BiLSTM, both heads) in one call: OnnxEncoder runs the
               bundle's model.onnx (written by export with export.onnx: true) in ONNX Runtime, one session
               call per batch; TorchEncoder runs the JointModel itself (torch.inference_mode)
-  decoder     Viterbi (numpy for a few sentences, torch for many) and the decoded tags' probabilities (CRF
+  decoder     Viterbi (numpy, MaxPlus steps that skip the moves BIO forbids) and the decoded tags' probabilities (CRF
               forward-backward by matrix products in float64), instead of (B, K, K) logsumexps per step
 
 `predict_words` returns what twinhead.inference.predict_logits returns (same overlong policy, same merge of
@@ -286,8 +286,9 @@ def build_onnx(model: JointModel) -> bytes:
 class Decoder:
     """The tag head's decoding: tag ids (B, T) and the probability of each decoded tag (B, T).
 
-    Tag ids: up to 16 sentences, Viterbi in numpy (a few array operations per step, where torch's per-call
-    overhead dominates); more, the head's own torch decode. CRF head: Viterbi over transitions + BIO mask (as
+    Tag ids: on the CPU, Viterbi in numpy with MaxPlus steps (the BIO structure of the transitions spares most
+    of the (B, K, K) maximum; 2.7x faster than the head's torch decode on a batch of 256 with one thread, and
+    exact); on a GPU, the head's own decode. CRF head: Viterbi over transitions + BIO mask (as
     CRF.decode) and the marginals of the decoded tags by forward-backward (as CRF.marginals, but in float64 and
     with matrix products instead of (B, K, K) logsumexps). Softmax head: Viterbi over log-softmax scores and the
     BIO mask (as heads.viterbi), or argmax without constraints; the softmax probability of each decoded tag.
@@ -312,20 +313,21 @@ class Decoder:
                 self.constrained = head.bio_constraints
                 self.trans32 = head.trans.float().cpu().numpy()
                 self.start32 = head.start.float().cpu().numpy()
+        self.step = MaxPlus(self.trans32)
 
     def __call__(self, scores: np.ndarray, lengths: np.ndarray, mask: np.ndarray,
                  probs: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         em = np.where(mask[:, :, None], scores.astype(np.float32, copy=False), np.float32(0.0))
-        if len(em) > 16:  # torch's fused max (values and first index in one pass) beats numpy on big batches
+        if self.device.type != "cpu":  # the model is on a GPU: the head's own decode, there
             with torch.inference_mode():
                 dev = self.device
                 ids = self.head.decode(torch.from_numpy(em).to(dev), torch.from_numpy(mask).to(dev)).cpu().numpy()
             if not self.crf:
                 ids = np.where(mask, ids, 0)
         elif self.crf:
-            ids = viterbi(em, mask, self.trans32, self.start32, self.end32)
+            ids = viterbi(em, mask, self.trans32, self.start32, self.end32, self.step)
         elif self.constrained:
-            ids = np.where(mask, viterbi(log_softmax(em), mask, self.trans32, self.start32, None), 0)
+            ids = np.where(mask, viterbi(log_softmax(em), mask, self.trans32, self.start32, None, self.step), 0)
         else:
             ids = np.where(mask, scores.argmax(-1), 0)
         if self.crf:
@@ -432,21 +434,95 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
+class MaxPlus:
+    """One Viterbi step: for a score (B, K) over the previous tags, each next tag j's best previous tag
+    argmax_i score[:, i] + trans[i, j] and that sum, (B, K) each. Exactly what the dense (B, K, K) maximum gives
+    (the same float32 sums, the first index on ties), with the work the transition matrix allows.
+
+    Columns are sorted once by the moves that are allowed into them (scores above NEG / 2):
+      open    every previous tag allowed (under BIO: O and every B-x): the winner is the row's best previous tag
+              i1 whenever i1's sum beats the second-best score plus the column's largest transition (then no
+              other tag can reach it, ties included); a gather, not a maximum over K
+      narrow  at most `narrow` previous tags allowed (I-x: from B-x and I-x): the maximum over those only, when
+              it beats the best score plus the column's largest forbidden move
+      dense   the rest: the full maximum
+    A row where a test fails (near-ties among the best tags, not seen with a trained model) is redone densely.
+    """
+
+    def __init__(self, trans: np.ndarray, narrow: int = 4):
+        self.trans = np.ascontiguousarray(trans, dtype=np.float32)
+        self.trans_t = np.ascontiguousarray(self.trans.T)  # [to, from]: the max runs along contiguous memory
+        k = len(trans)
+        allowed = self.trans > NEG / 2
+        n_in = allowed.sum(0)
+        self.open = np.flatnonzero(n_in == k)
+        self.narrow = np.flatnonzero((n_in > 0) & (n_in <= narrow) & (n_in < k))
+        self.dense = np.setdiff1d(np.arange(k), np.concatenate([self.open, self.narrow]))
+        self.open_max = self.trans[:, self.open].max(0)
+        src = np.zeros((len(self.narrow), max(int(n_in[self.narrow].max(initial=1)), 1)), dtype=np.int64)
+        forbidden_max = np.full(len(self.narrow), -np.inf, dtype=np.float32)
+        for n, j in enumerate(self.narrow):
+            ins = np.flatnonzero(allowed[:, j])  # ascending: the first of equal sums is the smallest index
+            src[n] = np.concatenate([ins, np.full(src.shape[1] - len(ins), ins[0])])
+            forbidden_max[n] = self.trans[~allowed[:, j], j].max()
+        self.src, self.src_trans, self.forbidden_max = src, self.trans[src, self.narrow[:, None]], forbidden_max
+        # worth it only when most columns avoid the dense maximum
+        self.structured = len(self.open) + len(self.narrow) >= k / 2
+
+    def dense_step(self, score: np.ndarray, cols: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        b = len(score)
+        trans_t = self.trans_t if cols is None else self.trans_t[cols]
+        cand = score[:, None, :] + trans_t  # (B, J, K): to j from i
+        idx = cand.argmax(2)  # the first best i, as torch's max
+        flat = np.arange(b * len(trans_t)) * cand.shape[2]
+        return cand.ravel()[flat + idx.ravel()].reshape(b, len(trans_t)), idx  # cheaper than a second reduction
+
+    def __call__(self, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        b, k = score.shape
+        if not self.structured or b < 8:
+            return self.dense_step(score)
+        rows = np.arange(b)
+        i1 = score.argmax(1)
+        s1 = score[rows, i1]
+        rest = score.copy()
+        rest[rows, i1] = -np.inf
+        s2 = _max(rest, 1)
+        best = np.empty((b, k), dtype=score.dtype)
+        idx = np.empty((b, k), dtype=np.int64)
+        sums = s1[:, None] + self.trans[i1[:, None], self.open]  # the sums the dense max computes for i1
+        best[:, self.open] = sums
+        idx[:, self.open] = i1[:, None]
+        # float rounding is monotonic: no other tag's rounded sum exceeds round(s2 + largest transition)
+        ok = (sums > s2[:, None] + self.open_max).all(1)
+        if len(self.narrow):
+            cand = score[:, self.src] + self.src_trans  # (B, N, r)
+            arg = cand.argmax(2)
+            top = np.take_along_axis(cand, arg[:, :, None], 2)[:, :, 0]
+            best[:, self.narrow] = top
+            idx[:, self.narrow] = np.take_along_axis(np.broadcast_to(self.src, (b, *self.src.shape)),
+                                                     arg[:, :, None], 2)[:, :, 0]
+            ok &= (top > s1[:, None] + self.forbidden_max).all(1)
+        if len(self.dense):
+            best[:, self.dense], idx[:, self.dense] = self.dense_step(score, self.dense)
+        if not ok.all():
+            redo = np.flatnonzero(~ok)
+            best[redo], idx[redo] = self.dense_step(score[redo])
+        return best, idx
+
+
 def viterbi(em: np.ndarray, mask: np.ndarray, trans: np.ndarray, start: np.ndarray,
-            end: np.ndarray | None) -> np.ndarray:
+            end: np.ndarray | None, step: MaxPlus | None = None) -> np.ndarray:
     """Best tag path (B, T) under additive transition scores, padded positions 0: CRF.decode (with `end`) and
-    heads.viterbi (without), step for step, so that equal scores pick the same (first) tag."""
+    heads.viterbi (without), step for step, so that equal scores pick the same (first) tag. `step`: a MaxPlus
+    of `trans`, built once per model."""
     b, t_len, k = em.shape
+    step = step if step is not None else MaxPlus(trans)
     score = em[:, 0] + start
     history = np.empty((t_len, b, k), dtype=np.int64)
     ident = np.arange(k)
-    trans_t = np.ascontiguousarray(trans.T)  # [to, from]: the max runs along contiguous memory
     full = bool(mask.all())
-    flat = np.arange(b * k) * k  # where row (b, j) of cand starts, flattened
     for t in range(1, t_len):
-        cand = score[:, None, :] + trans_t  # (B, K, K): to j from i
-        idx = cand.argmax(2)  # the first best i, as torch's max
-        best = cand.ravel()[flat + idx.ravel()].reshape(b, k)  # cheaper than a second reduction
+        best, idx = step(score)
         if full:
             score = best + em[:, t]
             history[t] = idx
@@ -544,5 +620,5 @@ def predict_words(encoder, decoder: Decoder, table: WordTable, model: JointModel
     return logit_sum / weight[:, None], ids_out, probs_out
 
 
-__all__ = ["Decoder", "OnnxEncoder", "TorchEncoder", "WordTable", "WordPredictions", "build_onnx", "predict_words",
+__all__ = ["Decoder", "MaxPlus", "OnnxEncoder", "TorchEncoder", "WordTable", "WordPredictions", "build_onnx", "predict_words",
            "viterbi"]
