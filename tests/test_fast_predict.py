@@ -280,6 +280,15 @@ def test_numpy_crf_decoding_equals_the_crf_module():
         marg_big = crf.marginals(big[:5].double(), mask[:5]).gather(2, ref_big.unsqueeze(2)).squeeze(2)
     assert (ids_big == ref_big.numpy()).all()
     np.testing.assert_allclose(probs_big, marg_big.numpy(), atol=1e-9)
+    for i in range(5):  # one sentence alone, unpadded (online prediction's vector path): the same tags and probs
+        n = int(lengths[i])
+        one = lengths[i:i + 1].numpy().astype(np.int32), mask[i:i + 1, :n].numpy()
+        ids1, probs1 = dec(em[i:i + 1, :n].numpy(), *one)
+        assert (ids1[0] == ids[i, :n]).all()
+        np.testing.assert_allclose(probs1[0], probs[i, :n], atol=1e-12)
+        big1 = dec(big[i:i + 1, :n].numpy(), *one)
+        assert (big1[0][0] == ids_big[i, :n]).all()
+        np.testing.assert_allclose(big1[1][0], probs_big[i, :n], atol=1e-9)  # underflow: the log-space answer
     full = [0, 3, 5]  # all of length 7: no padding (the path of batches of one length)
     ids3, probs3 = dec(em[full].numpy(), lengths[full].numpy().astype(np.int32), mask[full].numpy())
     assert (ids3 == ids[full]).all()

@@ -343,7 +343,36 @@ class Decoder:
         normalised; the posterior at t is their product, normalised. Four array operations a step. Should a
         sum underflow to 0 (emissions hundreds apart, not seen in practice), the log-space version decides."""
         with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 on underflow: detected below
+            if len(em) == 1 and mask.all():  # one sentence (online prediction): vectors, not batches
+                one = self._crf_probs_one(em[0], ids[0])
+                if one is not None:
+                    return one[None]
             return self._crf_probs_scaled(em, mask, lengths, ids)
+
+    def _crf_probs_one(self, em: np.ndarray, ids: np.ndarray) -> np.ndarray | None:
+        """_crf_probs_scaled for one unpadded sentence (T, K), on vectors: half its array calls. None on
+        underflow."""
+        t_len = len(em)
+        et, et_t = self.exp_trans, self.exp_trans_t
+        x = np.exp(em - _max(em, 1, keepdims=True))
+        fw = np.empty_like(em)
+        a = em[0] + self.start
+        a = np.exp(a - a.max())
+        fw[0] = a = a / a.sum()
+        for t in range(1, t_len):
+            u = (a @ et) * x[t]
+            fw[t] = a = u / u.sum()
+        bw = np.empty_like(em)
+        q = np.exp(self.end - self.end.max())
+        bw[-1] = q = q / q.sum()
+        for t in range(t_len - 2, -1, -1):
+            v = (q * x[t + 1]) @ et_t
+            bw[t] = q = v / v.sum()
+        post = fw * bw
+        norm = post.sum(1)
+        if not np.all(norm > 0) or not np.all(np.isfinite(norm)):
+            return None
+        return post[np.arange(t_len), ids] / norm
 
     def _crf_probs_scaled(self, em, mask, lengths, ids) -> np.ndarray:
         b, t_len, k = em.shape
@@ -517,10 +546,12 @@ def viterbi(em: np.ndarray, mask: np.ndarray, trans: np.ndarray, start: np.ndarr
     of `trans`, built once per model."""
     b, t_len, k = em.shape
     step = step if step is not None else MaxPlus(trans)
+    full = bool(mask.all())
+    if b == 1 and full:
+        return _viterbi_one(em[0], step.trans_t, start, end)[None]
     score = em[:, 0] + start
     history = np.empty((t_len, b, k), dtype=np.int64)
     ident = np.arange(k)
-    full = bool(mask.all())
     for t in range(1, t_len):
         best, idx = step(score)
         if full:
@@ -538,6 +569,24 @@ def viterbi(em: np.ndarray, mask: np.ndarray, trans: np.ndarray, start: np.ndarr
         last = history[t, rows, last]
         path[:, t - 1] = last
     return path if full else np.where(mask, path, 0)
+
+
+def _viterbi_one(em: np.ndarray, trans_t: np.ndarray, start: np.ndarray, end: np.ndarray | None) -> np.ndarray:
+    """viterbi for one unpadded sentence (T, K): the same float32 sums and ties, on vectors."""
+    t_len, k = em.shape
+    cols = np.arange(k)
+    history = np.empty((t_len, k), dtype=np.int64)
+    score = em[0] + start
+    for t in range(1, t_len):
+        cand = score + trans_t  # (K, K): to j from i
+        history[t] = idx = cand.argmax(1)
+        score = cand[cols, idx] + em[t]
+    last = int((score + end if end is not None else score).argmax())
+    path = np.empty(t_len, dtype=np.int64)
+    path[-1] = last
+    for t in range(t_len - 1, 0, -1):
+        path[t - 1] = last = history[t, last]
+    return path
 
 
 def length_batches(lengths: list[int], batch_size: int, min_uniform: int = 32) -> list[list[int]]:
@@ -620,5 +669,5 @@ def predict_words(encoder, decoder: Decoder, table: WordTable, model: JointModel
     return logit_sum / weight[:, None], ids_out, probs_out
 
 
-__all__ = ["Decoder", "MaxPlus", "OnnxEncoder", "TorchEncoder", "WordTable", "WordPredictions", "build_onnx", "predict_words",
-           "viterbi"]
+__all__ = ["Decoder", "MaxPlus", "OnnxEncoder", "TorchEncoder", "WordTable", "WordPredictions", "build_onnx",
+           "predict_words", "viterbi"]
