@@ -13,7 +13,8 @@ textcat, no vectors), initialised on the bundle's intents and slot types; an unt
 trained one's speed. --spacy-model DIR loads a trained pipeline instead (benchmarks/spacy_peer.py).
 
 twinhead: the bundle through Predictor with each backend: reference (twinhead.inference.predict_logits, the
-code path before the fast one), torch and onnx (twinhead.fast). A bundle without model.onnx gets one added
+code path before the fast one), torch and onnx (twinhead.fast), and onnx-int8: the onnx backend on the same
+bundle exported with export.quantize: int8 (a temp copy). A bundle without model.onnx gets one added
 in a temp copy (twinhead.export.add_onnx: what export.onnx: true writes). --profile prints the onnx
 backend's CPU time on the throughput input by stage.
 """
@@ -84,7 +85,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--threads", default="1,2", help="torch / ONNX Runtime threads, comma-separated (default 1,2)")
     ap.add_argument("--reps", type=int, default=500, help="latency calls per system (default 500)")
-    ap.add_argument("--backends", default="reference,torch,onnx", help="twinhead backends to measure")
+    ap.add_argument("--backends", default="reference,torch,onnx,onnx-int8",
+                    help="twinhead backends to measure (onnx-int8: onnx on the bundle exported with "
+                         "export.quantize: int8, made in a temp copy)")
     ap.add_argument("--profile", action="store_true", help="the onnx backend's CPU time by stage")
     args = ap.parse_args()
 
@@ -106,6 +109,10 @@ def main() -> None:
     if "onnx" in backends and not (bundle / ONNX).is_file():
         bundle = Path(tmp.name) / "bundle"
         add_onnx(args.bundle, bundle)
+    int8 = None
+    if "onnx-int8" in backends:
+        int8 = Path(tmp.name) / "int8"
+        add_onnx(bundle, int8, quantize="int8")
     ref = Predictor(bundle, backend="torch")
     nlp, spacy_desc = spacy_pipeline(args.spacy_model, ref.vocabs.intents.itos, ref.config.get("slot_types", []))
 
@@ -124,7 +131,8 @@ def main() -> None:
         spacy_fns = (lambda xs: list(nlp.pipe(xs, batch_size=args.batch_size)), nlp)
         systems = [("spaCy nlp.pipe", spacy_fns)]
         for b in backends:
-            p = Predictor(bundle, backend=b, threads=threads)
+            p = (Predictor(int8, backend="onnx", threads=threads) if b == "onnx-int8"
+                 else Predictor(bundle, backend=b, threads=threads))
             systems.append((f"twinhead {b}", (lambda xs, p=p: p.predict(xs, batch_size=args.batch_size),
                                               lambda t, p=p: p.predict([t]))))
         for name, (batch_fn, one_fn) in systems:

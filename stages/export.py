@@ -32,12 +32,14 @@ def main() -> int:
     ap.add_argument("out", help="bundle folder")
     args = ap.parse_args()
     p = load_config(SECTIONS)
-    export_bundle(args.checkpoint, args.out, onnx=p["export"].onnx)
+    export_bundle(args.checkpoint, args.out, onnx=p["export"].onnx, quantize=p["export"].quantize)
     # Smoke test: the bundle loads on its own and predicts (with model.onnx: in ONNX Runtime, when installed).
     examples = list(p["export"].examples)
     predictor = Predictor(args.out)
     preds = predictor.predict(examples)
-    print(f"backend: {predictor.backend}")
+    quantized = (predictor.config.get("onnx") or {}).get("quantized")
+    print(f"backend: {predictor.backend}" + (f" ({quantized} model.onnx)" if quantized and predictor.backend == "onnx"
+                                              else ""))
     for pr in preds:
         ents = ", ".join(f"{e['label']}={e['text']!r}" for e in pr["entities"])
         intent = f"{pr['intent']} ({pr['probability']:.3f})" if pr["intent"] is not None else "(no intent head)"

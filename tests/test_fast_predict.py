@@ -396,3 +396,28 @@ def test_encoder_options_the_onnx_graph_lacks_export_without_it_and_predict_thro
     with pytest.raises(TwinheadError, match=f"does not cover model.{key}={value}"):
         add_onnx(bundle, tmp_path / "with-onnx")
     assert not (tmp_path / "with-onnx").exists()
+
+
+@needs_ort
+def test_int8_export_runs_a_quantized_graph_and_predicts_nearly_as_the_float_model(snips_bundle, tmp_path):
+    """export.quantize: int8 writes model.onnx with int8 LSTMs and matrix products (config.json says so); the
+    onnx backend runs it and predicts the SNIPS test split as the float32 model does, but for a few tags (the
+    README's tolerance); torch still runs the float32 weights."""
+    import onnx
+
+    from twinhead.export import ExportConfig, add_onnx
+
+    cfg = add_onnx(snips_bundle, tmp_path / "int8", quantize="int8")
+    assert cfg["onnx"]["quantized"] == "int8"
+    ops = {n.op_type for n in onnx.load(tmp_path / "int8" / ONNX).graph.node}
+    assert {"DynamicQuantizeLSTM", "MatMulInteger"} <= ops and "LSTM" not in ops
+    texts = [" ".join(toks) for toks in snips_split("test")[0]]
+    ref = Predictor(snips_bundle, backend="onnx").predict(texts)
+    got = Predictor(tmp_path / "int8", backend="onnx").predict(texts)
+    assert got != ref  # the quantized graph is what ran
+    same_intent = np.mean([g["intent"] == r["intent"] for g, r in zip(got, ref)])
+    same_tags = np.mean([g["tags"] == r["tags"] for g, r in zip(got, ref)])
+    assert same_intent >= 0.99 and same_tags >= 0.98, (same_intent, same_tags)
+    assert_same_predictions(Predictor(tmp_path / "int8", backend="torch").predict(texts[:50]), ref[:50])
+    with pytest.raises(ValueError, match="needs onnx: true"):
+        ExportConfig(onnx=False, quantize="int8")

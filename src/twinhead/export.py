@@ -7,7 +7,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -26,11 +26,18 @@ class ExportConfig:
     examples: Annotated[list[Name], Field(min_length=1)] = dataclasses.field(default_factory=lambda: list(EXAMPLES))
     # also write model.onnx, which the Predictor runs in ONNX Runtime when installed (`twinhead[fast]`)
     onnx: bool = True
+    # int8: model.onnx's LSTMs and matrix products in int8 (ONNX Runtime dynamic quantization): faster on the
+    # CPU; a few tags in a thousand sentences may differ (evaluate scores the quantized model). none: float32
+    quantize: Literal["none", "int8"] = "none"
+
+    def __post_init__(self):
+        if self.quantize != "none" and not self.onnx:
+            raise ValueError(f"quantize: {self.quantize} quantizes model.onnx: it needs onnx: true")
 
 
-def export_bundle(checkpoint: str | Path, out_dir: str | Path, onnx: bool = False) -> dict:
-    """Write weights (safetensors), vocab, config, with `onnx` model.onnx (twinhead.fast.build_onnx) and, last,
-    the manifest of their hashes; returns the config."""
+def export_bundle(checkpoint: str | Path, out_dir: str | Path, onnx: bool = False, quantize: str = "none") -> dict:
+    """Write weights (safetensors), vocab, config, with `onnx` model.onnx (twinhead.fast.build_onnx; with
+    quantize="int8" its int8 version) and, last, the manifest of their hashes; returns the config."""
     from safetensors.torch import save_file
 
     model, vocabs, ckpt = load_checkpoint(checkpoint)
@@ -41,7 +48,7 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path, onnx: bool = Fals
         # An encoder option under study should not fail the export: the Predictor runs the torch backend.
         print(f"export: model.onnx not written: the ONNX graph does not cover {gap} (the Predictor runs torch)",
               file=sys.stderr)
-    onnx_bytes = onnx_model(model) if onnx and not gap else None
+    onnx_bytes = onnx_model(model, quantize) if onnx and not gap else None
     with fileio.atomic_dir(out_dir) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS))
         lists = vocabs.to_lists()
@@ -59,17 +66,36 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path, onnx: bool = Fals
             "calibration": ckpt.get("calibration") or {"temperature": 1.0, "fitted_on": None},
         }
         if onnx_bytes is not None:
-            from twinhead.fast import ONNX_OPSET
-
             (tmp / ONNX).write_bytes(onnx_bytes)
-            cfg["onnx"] = {"file": ONNX, "opset": ONNX_OPSET}
+            cfg["onnx"] = onnx_entry(quantize)
         fileio.write_json(tmp / CONFIG, cfg)
         write_manifest(tmp)
     return cfg
 
 
-def onnx_model(model) -> bytes:
-    """model.onnx's bytes; needs the onnx package (twinhead[fast])."""
+def onnx_entry(quantize: str) -> dict:
+    """config.json's "onnx": the file, its opset and, when quantized, how."""
+    from twinhead.fast import ONNX_OPSET
+
+    return {"file": ONNX, "opset": ONNX_OPSET, **({"quantized": quantize} if quantize != "none" else {})}
+
+
+def quantize_onnx(model_bytes: bytes) -> bytes:
+    """The graph with its LSTM and MatMul weights in int8 and activations quantized per call
+    (onnxruntime.quantization.quantize_dynamic: DynamicQuantizeLSTM, MatMulInteger)."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="twinhead-quantize-") as d:
+        src, dst = Path(d) / "model.onnx", Path(d) / "model.int8.onnx"
+        src.write_bytes(model_bytes)
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        return dst.read_bytes()
+
+
+def onnx_model(model, quantize: str = "none") -> bytes:
+    """model.onnx's bytes (quantize="int8": quantize_onnx's); needs the onnx package (twinhead[fast])."""
     import importlib.util
 
     if importlib.util.find_spec("onnx") is None:
@@ -80,12 +106,13 @@ def onnx_model(model) -> bytes:
     if onnx_gap(model.cfg):
         raise TwinheadError(f"model.onnx: the ONNX graph does not cover {onnx_gap(model.cfg)}; the bundle predicts "
                             "through torch")
-    return build_onnx(model)
+    graph = build_onnx(model)
+    return quantize_onnx(graph) if quantize == "int8" else graph
 
 
-def add_onnx(bundle: str | Path, out_dir: str | Path) -> dict:
-    """A copy of an exported bundle with model.onnx added (what export.onnx: true writes), for a bundle exported
-    without it; returns the copy's config."""
+def add_onnx(bundle: str | Path, out_dir: str | Path, quantize: str = "none") -> dict:
+    """A copy of an exported bundle with model.onnx added or replaced (what export.onnx: true and
+    export.quantize write); returns the copy's config."""
     import shutil
 
     from twinhead.bundle import MANIFEST, verify_bundle
@@ -94,16 +121,14 @@ def add_onnx(bundle: str | Path, out_dir: str | Path) -> dict:
     bundle = Path(bundle)
     verify_bundle(bundle)
     model = Predictor(bundle, backend="torch").model
-    onnx_bytes = onnx_model(model)
-    from twinhead.fast import ONNX_OPSET
-
+    onnx_bytes = onnx_model(model, quantize)
     with fileio.atomic_dir(out_dir) as tmp:
         for path in bundle.iterdir():
             if path.name not in (MANIFEST, ONNX):
                 shutil.copy(path, tmp / path.name)
         (tmp / ONNX).write_bytes(onnx_bytes)
         cfg = json.loads((tmp / CONFIG).read_text(encoding="utf-8"))
-        cfg["onnx"] = {"file": ONNX, "opset": ONNX_OPSET}
+        cfg["onnx"] = onnx_entry(quantize)
         fileio.write_json(tmp / CONFIG, cfg)
         write_manifest(tmp)
     return cfg

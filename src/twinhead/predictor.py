@@ -6,7 +6,8 @@ mismatched bundle.
 
 Backends (the same predictions; see twinhead.fast and README "Prediction speed"):
   onnx       the bundle's model.onnx (export.onnx: true) in ONNX Runtime (`pip install twinhead[fast]`),
-             numpy decoding; the fastest on CPU
+             numpy decoding; the fastest on CPU. A bundle exported with export.quantize: int8 holds an int8
+             model.onnx: this backend runs it (a few tags differ), the others the float32 weights
   torch      the JointModel in torch, numpy decoding
   reference  twinhead.inference.predict_logits, the code evaluate and training use; slowest
   auto       onnx when the bundle has model.onnx, onnxruntime is installed and the device is the CPU, else
