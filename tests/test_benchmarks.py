@@ -344,3 +344,25 @@ def test_seeds_script_runs_the_queue_and_reports_dvc_exp_show_numbers(tmp_path):
     assert again.returncode == 1
     assert json.loads((repo / "again.json").read_text())["rows"] == out
     assert tasks() == before  # nothing queued
+
+
+def test_a_plan_that_clashes_with_a_done_experiment_queues_nothing():
+    """An experiment that exists with other params stops the plan before anything is queued (a half-queued
+    plan would run without its collection)."""
+    plan = seeds.seed_plan("x", ["train.lr=0.01"], [1, 2], None)
+    done = seeds.Experiment("x-s2", "abc1234", "success", "", {"train.lr": 0.003, "base.seed": 2}, {})
+    calls = []
+
+    class FakeDvc:
+        def experiments(self, all_commits):
+            return {"x-s2": done}
+
+        def queue_status(self):
+            return {}, (0, 0)
+
+        def __call__(self, *args, check=True):
+            calls.append(args)
+
+    with pytest.raises(TwinheadError, match=r"x-s2 exists with other params \(train.lr: wanted 0.01"):
+        seeds.queue_plan(FakeDvc(), plan)
+    assert calls == []
