@@ -99,6 +99,22 @@ def test_training_logs_conflict_and_weights_per_epoch(data):
     assert never.history[0]["train_grad_cosine"] is None
 
 
+class Killed(Exception):
+    pass
+
+
+def train_killed_after(epoch: int, data, tcfg: TrainConfig, seed: int, state) -> None:
+    """Train with a state file until a callback kills the run after `epoch` (the state is saved before it)."""
+    tr, dev, vocabs = data
+
+    def die(row):
+        if row["epoch"] == epoch:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(tr, dev, vocabs, MCFG, tcfg, seed=seed, state_path=state, on_epoch=die, progress=False)
+
+
 def test_uncertainty_weights_are_learned_saved_and_resumed(data, tmp_path):
     tr, dev, vocabs = data
     tcfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, loss_rule="uncertainty", patience=0)
@@ -108,16 +124,8 @@ def test_uncertainty_weights_are_learned_saved_and_resumed(data, tmp_path):
     w = [r["train_intent_weight"] for r in full.history]
     assert w[0] != w[-1]  # the effective weight exp(-s) moves during training
 
-    class Killed(Exception):
-        pass
-
-    def die_after_first(row):
-        if row["epoch"] == 1:
-            raise Killed
-
     state = tmp_path / "state.pt"
-    with pytest.raises(Killed):
-        train(tr, dev, vocabs, MCFG, tcfg, seed=2, state_path=state, on_epoch=die_after_first, progress=False)
+    train_killed_after(1, data, tcfg, 2, state)
     saved = torch.load(state, weights_only=True)
     assert not torch.equal(saved["rule"]["log_vars"], torch.zeros(2))
     resumed = train(tr, dev, vocabs, MCFG, tcfg, seed=2, state_path=state, progress=False)
@@ -240,16 +248,8 @@ def test_checkpoint_averaging_resumes_with_the_epochs_it_had(data, tmp_path):
     tcfg = TrainConfig(epochs=6, batch_size=16, lr=0.02, patience=0, scheduler="none", average_last=4)
     full = train(tr, dev, vocabs, MCFG, tcfg, seed=5, progress=False)
 
-    class Killed(Exception):
-        pass
-
-    def die(row):
-        if row["epoch"] == 4:
-            raise Killed
-
     state = tmp_path / "state.pt"
-    with pytest.raises(Killed):
-        train(tr, dev, vocabs, MCFG, tcfg, seed=5, state_path=state, on_epoch=die, progress=False)
+    train_killed_after(4, data, tcfg, 5, state)
     resumed = train(tr, dev, vocabs, MCFG, tcfg, seed=5, state_path=state, progress=False)
     assert resumed.resumed_from == 4
     assert resumed.average == full.average
