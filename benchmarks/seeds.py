@@ -43,6 +43,7 @@ DATASETS = {"snips": "data/raw/snips", "atis": "data/raw/atis"}
 # Where the pipeline (dvc.yaml) writes them; read back from each experiment's commit.
 EVAL_FILE = "metrics/eval.json"
 LOG_FILE = "metrics/train_log.csv"
+TRAIN_FILE = "metrics/train.json"  # the train stage's summary (checkpoint averaging: the kept weights' dev scores)
 PENDING = ("Queued", "Running")
 LOG_TAIL = 12  # lines of a failed experiment's log shown in the report
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a git ref component DVC accepts as -n
@@ -72,6 +73,7 @@ class Experiment:
     params: dict[str, Any]  # params.yaml, flattened: {"train.lr": 0.003, ...}
     test: dict[str, float]  # metrics/eval.json
     task_id: str | None = None  # queue task, for `dvc queue logs`
+    train: dict[str, float] = field(default_factory=dict)  # metrics/train.json
 
 
 @dataclass
@@ -179,8 +181,9 @@ def parse_exp_show(shown: list[dict]) -> dict[str, Experiment]:
                     state = "failed"
                 params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
                 test = ((data.get("metrics") or {}).get(EVAL_FILE) or {}).get("data") or {}
+                train = ((data.get("metrics") or {}).get(TRAIN_FILE) or {}).get("data") or {}
                 e = Experiment(name, rev.get("rev", ""), state, data.get("timestamp") or "9999", flatten(params),
-                               test, (executor.get("local") or {}).get("task_id"))
+                               test, (executor.get("local") or {}).get("task_id"), train)
                 if name not in found or e.timestamp > found[name].timestamp:
                     found[name] = e
     return found
@@ -229,6 +232,8 @@ def run_values(exp: Experiment, log_csv: str) -> tuple[dict[str, float | None], 
     the kept epoch / epochs run."""
     metric = str(exp.params.get("train.early_stop_metric", "sentence_accuracy"))
     dev = dev_from_log(log_csv, metric, f"{exp.name}:{LOG_FILE}")
+    if _number(exp.train.get("average_kept")) == 1:  # train.average_last kept the mean of the weights: its dev
+        dev.update({f"dev_{m}": _number(exp.train.get(f"average_dev_{m}")) for m in METRICS})
     values = {**{f"test_{m}": _number(exp.test.get(m)) for m in METRICS}, **dev}
     return {c: values[c] for c in COLUMNS}, {"best_epoch": dev["best_epoch"], "epochs": dev["epochs"]}
 

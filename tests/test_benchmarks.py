@@ -246,6 +246,13 @@ def test_exp_show_keeps_the_newest_experiment_of_a_name():
     assert vals == {"dev_intent_accuracy": 0.97, "dev_slot_f1": 0.85, "dev_sentence_accuracy": 0.75,
                     "test_intent_accuracy": 0.9, "test_slot_f1": 0.8, "test_sentence_accuracy": 0.7,
                     "train_minutes": pytest.approx(2.0)}
+    # checkpoint averaging kept the mean of the weights (metrics/train.json): dev is the mean's, not an epoch's
+    x1.train = {"average_kept": 1, "average_dev_intent_accuracy": 0.98, "average_dev_slot_f1": 0.86,
+                "average_dev_sentence_accuracy": 0.76}
+    vals, _ = seeds.run_values(x1, LOG)
+    assert (vals["dev_intent_accuracy"], vals["dev_slot_f1"], vals["dev_sentence_accuracy"]) == (0.98, 0.86, 0.76)
+    x1.train["average_kept"] = 0
+    assert seeds.run_values(x1, LOG)[0]["dev_sentence_accuracy"] == 0.75
 
 
 def test_queue_status_is_read_at_the_header_columns():
