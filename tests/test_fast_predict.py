@@ -219,7 +219,10 @@ TEXTS = ["Play the Beatles on Spotify now", "  wake me up at 7 am\t", "the by no
     dict(tag_decoder="softmax"),
     dict(tag_decoder="softmax", bio_constraints=False, intent_to_tags=False),
     dict(tag_decoder="crf", sentence_head="multi", multi_threshold=0.3),
-], ids=["crf", "truncate", "window-nochars", "softmax", "softmax-free", "multi"])
+    dict(tag_decoder="crf", intent_level="token"),
+    dict(tag_decoder="crf", intent_level="token", intent_to_tags=False, max_len=4, overlong="window"),
+], ids=["crf", "truncate", "window-nochars", "softmax", "softmax-free", "multi", "token-intent",
+        "token-intent-window"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_model_variant_and_overlong_policy_predicts_as_the_reference(tmp_path, cfg, backend):
     """Random weights, stop-word removal, windows, truncation, no char CNN, both tag heads, multi-label."""
@@ -381,8 +384,8 @@ def test_predict_pauses_the_garbage_collector_only_while_it_runs(tmp_path):
 
 
 @pytest.mark.skipif(not HAS_ORT, reason="needs onnx and onnxruntime")
-@pytest.mark.parametrize("cfg", [dict(attention_heads=2), dict(char_encoder="bilstm"), dict(intent_level="token")],
-                         ids=["attention", "char-bilstm", "token-intent"])
+@pytest.mark.parametrize("cfg", [dict(attention_heads=2), dict(char_encoder="bilstm")],
+                         ids=["attention", "char-bilstm"])
 def test_encoder_options_the_onnx_graph_lacks_export_without_it_and_predict_through_torch(tmp_path, capsys, cfg):
     bundle = variant_bundle(tmp_path, True, **cfg)
     (key, value), = cfg.items()

@@ -163,7 +163,7 @@ def _lstm_onnx_weights(lstm: torch.nn.LSTM, layer: int) -> tuple[np.ndarray, np.
 def onnx_gap(cfg) -> str | None:
     """The model options build_onnx does not write into the graph (they are set off the default), or None."""
     gaps = [f"model.{k}={getattr(cfg, k)}" for k, off in
-            (("char_encoder", "cnn"), ("attention_heads", 0), ("intent_level", "sentence")) if getattr(cfg, k) != off]
+            (("char_encoder", "cnn"), ("attention_heads", 0)) if getattr(cfg, k) != off]
     return ", ".join(gaps) or None
 
 
@@ -251,16 +251,24 @@ def build_onnx(model: JointModel) -> bytes:
     m = node("Unsqueeze", ["mask", const("axis_2", np.array([2], dtype=np.int64))])  # (B, T, 1)
     mf = node("Cast", [m], to=TensorProto.FLOAT)
     axis1 = const("axes_1", np.array([1], dtype=np.int64))
-    total = node("ReduceSum", [node("Mul", [h, mf]), axis1], keepdims=0)  # (B, 2H)
     count_ = node("Max", [node("ReduceSum", [mf, axis1], keepdims=0), const("one_f32", np.array(1.0, np.float32))])
-    mean = node("Div", [total, count_])
-    mx = node("ReduceMax", [node("Where", [m, h, const("neg", np.array(NEG, dtype=np.float32))])], axes=[1],
-              keepdims=0)  # (B, 2H)
     mlp = model.intent_head.mlp
-    z = node("Relu", [linear(node("Concat", [mean, mx], axis=-1), mlp[0], "intent.0")])
-    logits = linear(z, mlp[3], "intent.3")  # (B, L)
+    if cfg.intent_level == "token":  # an intent distribution per token; the sentence's is their mean (its log)
+        z = node("Relu", [linear(h, mlp[0], "intent.0")])
+        p = node("Mul", [node("Softmax", [linear(z, mlp[3], "intent.3")], axis=-1), mf])  # (B, T, L), 0 at padding
+        mean_p = node("Div", [node("ReduceSum", [p, axis1], keepdims=0), count_])  # (B, L)
+        logits = node("Log", [node("Max", [mean_p, const("tiny", np.array(1e-12, np.float32))])])
+    else:
+        total = node("ReduceSum", [node("Mul", [h, mf]), axis1], keepdims=0)  # (B, 2H)
+        mean = node("Div", [total, count_])
+        mx = node("ReduceMax", [node("Where", [m, h, const("neg", np.array(NEG, dtype=np.float32))])], axes=[1],
+                  keepdims=0)  # (B, 2H)
+        z = node("Relu", [linear(node("Concat", [mean, mx], axis=-1), mlp[0], "intent.0")])
+        logits = linear(z, mlp[3], "intent.3")  # (B, L)
     nodes.append(helper.make_node("Identity", [logits], ["intent_logits"]))
-    if cfg.intent_to_tags:
+    if cfg.intent_to_tags and cfg.intent_level == "token":
+        h = node("Concat", [h, p], axis=-1)  # each token's own intent distribution
+    elif cfg.intent_to_tags:
         p = node("Sigmoid", [logits]) if model.intent_head.multi_label else node("Softmax", [logits], axis=-1)
         p = node("Unsqueeze", [p, axis1])  # (B, 1, L)
         tb = node("Slice", [node("Shape", [h]), const("s0b", np.array([0], dtype=np.int64)),
