@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from twinhead.calibration import softmax
 from twinhead.model import JointModel
 from twinhead.vocab import Vocabs
 
@@ -135,12 +136,10 @@ def predict_logits(
 def intent_probs(model: JointModel, logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """The sentence head's probabilities (N, L) from its logits: softmax(logits / temperature), or a sigmoid
     per label (multi-label, never scaled: see twinhead.calibration)."""
-    x = np.asarray(logits, dtype=np.float64)
     if model.intent_head.multi_label:
-        return model.intent_head.probs(torch.from_numpy(x)).numpy()
-    x = x / temperature  # the head's softmax, in numpy: a torch call costs more than the work for one sentence
-    e = np.exp(x - x.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
+        return model.intent_head.probs(torch.from_numpy(np.asarray(logits, dtype=np.float64))).numpy()
+    # the head's softmax, in numpy: a torch call costs more than the work for one sentence
+    return softmax(logits, temperature)
 
 
 def predict_words(

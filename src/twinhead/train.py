@@ -604,10 +604,12 @@ def train(
         score = selection_score(dev, tcfg.early_stop_metric)
         if isinstance(state.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             state.scheduler.step(score[0])  # the lr of the next epoch; row["lr"] is this epoch's
-        weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        improved = score > state.best_score
+        if tcfg.average_last > 1 or improved:  # a copy of this epoch's weights only when one is kept
+            weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if tcfg.average_last > 1:
             state.recent = [*state.recent, weights][-tcfg.average_last:]
-        if score > state.best_score:
+        if improved:
             state.best_score, state.best_epoch, state.bad = score, state.epoch, 0
             state.best_state, state.best_window = weights, list(state.recent)
             state.best_scores = {f"dev_{k}": v for k, v in dev.items()}
