@@ -10,7 +10,8 @@ entities / drop all), loss_rules (sum / grad_mean / uncertainty / pcgrad), heads
 schedule (plateau, the default, whose runs are heads' softmax ones / the 15-epoch cosine it replaced),
 encoder (the defaults, whose runs are average's base ones / a character BiLSTM / self-attention over the BiLSTM
 states / token-level intent, each alone), average (the defaults / checkpoint averaging over the best epoch
-and the 4 before it).
+and the 4 before it), sizes (the defaults, again average's base runs / word and hidden sizes halved / doubled),
+word_dropout (the defaults' 0.25, average's base runs / 0 / 0.5).
 Each configuration sets every param the group varies, so a row is what its name says whatever
 params.yaml holds. Experiments are named GROUP-CONFIG-DATASET-s<seed>; all are queued seed by seed (a
 full one-seed table exists after the first third) and run by one worker (benchmarks/seeds.py).
@@ -79,6 +80,19 @@ GROUPS: dict[str, tuple[Config, ...]] = {
                         "model.intent_level=sentence", "model.tag_decoder=crf")),
         Config("avg-5", ("train.average_last=5", "model.char_encoder=cnn", "model.attention_heads=0",
                          "model.intent_level=sentence", "model.tag_decoder=crf")),
+    ),
+    # embedding and hidden sizes (issue "quality"): the defaults (128 / 128 per direction, the average group's base
+    # runs), half and twice both
+    "sizes": (
+        Config("base", ("model.word_dim=128", "model.hidden_size=128"), runs_as="average-base"),
+        Config("small", ("model.word_dim=64", "model.hidden_size=64")),
+        Config("large", ("model.word_dim=256", "model.hidden_size=256")),
+    ),
+    # word dropout (issue "quality"): words seen once in train read as <unk> with this probability; 0.25 is the default
+    "word_dropout": (
+        Config("base", ("train.word_dropout=0.25",), runs_as="average-base"),
+        Config("wd-0", ("train.word_dropout=0.0",)),
+        Config("wd-0.5", ("train.word_dropout=0.5",)),
     ),
 }
 SELECT_ON = "dev_sentence_accuracy"  # the headline dev metric (train.early_stop_metric's default)

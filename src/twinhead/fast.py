@@ -294,12 +294,12 @@ def build_onnx(model: JointModel) -> bytes:
 class Decoder:
     """The tag head's decoding: tag ids (B, T) and the probability of each decoded tag (B, T).
 
-    Tag ids: on the CPU, Viterbi in numpy with MaxPlus steps (the BIO structure of the transitions spares most
-    of the (B, K, K) maximum; exact, and 16.4 -> 2.6 ms of CPU against the head's torch decode on a batch of
-    256 development-set sentences, one thread); on a GPU, the head's own decode. CRF head: Viterbi over transitions + BIO mask (as
-    CRF.decode) and the marginals of the decoded tags by forward-backward (as CRF.marginals, but in float64 and
-    with matrix products instead of (B, K, K) logsumexps). Softmax head: Viterbi over log-softmax scores and the
-    BIO mask (as heads.viterbi), or argmax without constraints; the softmax probability of each decoded tag.
+    Tag ids: on the CPU, Viterbi in numpy with MaxPlus steps (the BIO structure of the transitions spares most of
+    the (B, K, K) maximum; exact, and 16.4 -> 2.6 ms of CPU against the head's torch decode on a batch of 256
+    development-set sentences, one thread); on a GPU, the head's own decode. CRF head: Viterbi over transitions +
+    BIO mask (as CRF.decode) and the marginals of the decoded tags by forward-backward (as CRF.marginals, but in
+    float64 and with matrix products instead of (B, K, K) logsumexps). Softmax head: Viterbi over log-softmax scores
+    and the BIO mask (as heads.viterbi), or argmax without constraints; the softmax probability of each decoded tag.
     """
 
     def __init__(self, model: JointModel):
