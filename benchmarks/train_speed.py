@@ -1,15 +1,21 @@
 """Training throughput: the real train_step (twinhead.train) timed per batch, per thread count and loss rule.
 
 Usage: python benchmarks/train_speed.py [--threads 1 2] [--batches 60] [--rules sum grad_mean uncertainty pcgrad]
-Reads data/processed and data/vocab (run `dvc repro vocab` first) and the model/train params.
+                                       [--lstm-routes split packed]
+Reads data/processed and data/vocab (run `dvc repro vocab` first) and the model/train params. `build ms` is the
+part of a batch spent making its tensors (TrainData.batch); `mixed` counts the timed batches holding sentences of
+more than one length. --lstm-routes: `split` is the library's route on the CPU (a batch of a few lengths runs
+the LSTM once per length, unpacked), `packed` forces one packed call per batch (the route before).
 """
 
 import argparse
 import dataclasses
+import itertools
 import time
 
 import torch
 
+import twinhead.model as model_module
 from twinhead.checkpoint import build_model
 from twinhead.model import ModelConfig
 from twinhead.params import load_config
@@ -23,33 +29,41 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch CPU thread counts to time")
     ap.add_argument("--batches", type=int, default=60, help="batches timed per setting")
     ap.add_argument("--rules", nargs="+", default=None, help="loss rules to time (default: params.yaml's)")
+    ap.add_argument("--lstm-routes", nargs="+", default=["split"], choices=["split", "packed"],
+                    help="how a batch of mixed lengths runs the LSTM on the CPU")
     args = ap.parse_args()
     p = load_config({"model": ModelConfig, "train": TrainConfig})
     mcfg, base = p["model"], p["train"]
     vocabs = Vocabs.load("data/vocab")
     train_df = load_split("data/processed", "train")
-    print(f"{'rule':12s} {'threads':>7s} {'ms/batch':>9s} {'words/s':>9s} {'s/epoch':>8s}")
-    for rule in args.rules or [base.loss_rule]:
+    print(f"{'rule':12s} {'route':>6s} {'threads':>7s} {'ms/batch':>9s} {'build ms':>8s} {'mixed':>5s} "
+          f"{'words/s':>9s} {'s/epoch':>8s}")
+    split_max = model_module.SPLIT_MAX_LENGTHS
+    for rule, route, threads in itertools.product(args.rules or [base.loss_rule], args.lstm_routes, args.threads):
         tcfg = dataclasses.replace(base, loss_rule=rule)
-        for threads in args.threads:
-            torch.set_num_threads(threads)
-            torch.manual_seed(0)
-            model = build_model(mcfg.to_dict(), vocabs)
-            data = TrainData(train_df, vocabs, mcfg, model.intent_targets)
-            n_epoch = len(data.batches(tcfg.batch_size, torch.Generator().manual_seed(0)))
-            state = new_state(model, tcfg, n_epoch, seed=0)
-            model.train()
-            batches = data.batches(tcfg.batch_size, state.gen)[: args.batches]
-            words = 0
-            t0 = time.perf_counter()
-            for step, idx in enumerate(batches, start=1):
-                batch = data.batch(idx, "cpu", tcfg.word_dropout, state.gen)
-                words += int(batch[2].sum())
-                measure = bool(tcfg.conflict_every) and step % tcfg.conflict_every == 0
-                train_step(state, batch, tcfg, measure).floats()  # the epoch loop reads stats once per step too
-            dt = time.perf_counter() - t0
-            print(f"{rule:12s} {threads:7d} {dt / len(batches) * 1000:9.1f} {words / dt:9.0f} "
-                  f"{dt / len(batches) * n_epoch:8.1f}")
+        model_module.SPLIT_MAX_LENGTHS = split_max if route == "split" else 0
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        model = build_model(mcfg.to_dict(), vocabs)
+        data = TrainData(train_df, vocabs, mcfg, model.intent_targets)
+        n_epoch = len(data.batches(tcfg.batch_size, torch.Generator().manual_seed(0)))
+        state = new_state(model, tcfg, n_epoch, seed=0)
+        model.train()
+        batches = data.batches(tcfg.batch_size, state.gen)[: args.batches]
+        words, build = 0, 0.0
+        mixed = sum(len({len(data.tags[i]) for i in idx}) > 1 for idx in batches)
+        t0 = time.perf_counter()
+        for step, idx in enumerate(batches, start=1):
+            tb = time.perf_counter()
+            batch = data.batch(idx, "cpu", tcfg.word_dropout, state.gen)
+            build += time.perf_counter() - tb
+            words += int(batch[2].sum())
+            measure = bool(tcfg.conflict_every) and step % tcfg.conflict_every == 0
+            train_step(state, batch, tcfg, measure).floats()  # the epoch loop reads stats once per step too
+        dt = time.perf_counter() - t0
+        print(f"{rule:12s} {route:>6s} {threads:7d} {dt / len(batches) * 1000:9.1f} "
+              f"{build / len(batches) * 1000:8.2f} {mixed:5d} {words / dt:9.0f} {dt / len(batches) * n_epoch:8.1f}")
+    model_module.SPLIT_MAX_LENGTHS = split_max
 
 
 if __name__ == "__main__":

@@ -263,3 +263,25 @@ def test_each_encoder_option_learns_a_tiny_training_set(kw):
     assert intent_logits.argmax(1).tolist() == intents.tolist()
     for r, (_, _, ts) in enumerate(TRAIN):
         assert [TAGS[k] for k in decoded[r, : len(ts)].tolist()] == ts
+
+
+@pytest.mark.parametrize("lengths", [[5, 5, 5], [5, 3, 5, 1], list(range(1, 11))])
+def test_run_lstm_equals_pack_lstm_unpack_with_the_same_gradients(lengths):
+    """The CPU route that runs the LSTM once per sentence length (unpacked) gives the states and the
+    gradients of packing (what it replaced), zero at padding; 10 lengths (over SPLIT_MAX_LENGTHS) still pack."""
+    from twinhead.model import pack, run_lstm, unpack
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(6, 4, num_layers=2, batch_first=True, bidirectional=True)
+    lens = torch.tensor(lengths)
+    x = torch.randn(len(lengths), max(lengths), 6, requires_grad=True)
+    got = run_lstm(lstm, x, lens)
+    g_got = torch.autograd.grad(got.square().sum(), [x, *lstm.parameters()])
+    want = unpack(lstm(pack(x, lens))[0], x.shape[1])
+    g_want = torch.autograd.grad(want.square().sum(), [x, *lstm.parameters()])
+    assert got.shape == want.shape == (len(lengths), max(lengths), 8)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for row, n in enumerate(lengths):
+        assert not got[row, n:].any()  # padding stays zero

@@ -255,3 +255,20 @@ def test_checkpoint_averaging_resumes_with_the_epochs_it_had(data, tmp_path):
     assert resumed.average == full.average
     for k, v in full.best_state.items():
         assert torch.equal(v, resumed.best_state[k]), k
+
+
+def test_a_batch_holds_collates_tensors_and_the_tags_padded_with_the_ignore_index(data):
+    """TrainData builds a batch from per-sentence arrays: the words, chars and mask `collate` gives for the
+    same sentences (what prediction reads), the tags padded with -100, the lengths on the host."""
+    from twinhead.inference import collate
+
+    tr, _, vocabs = data
+    model = JointModel(MCFG, len(vocabs.words), len(vocabs.chars), vocabs.tags.itos, vocabs.intents.itos)
+    td = TrainData(tr, vocabs, MCFG, model.intent_targets)
+    idx = sorted(range(len(td)), key=lambda i: -len(td.tags[i]))[:3] + [0, 5, 7]  # mixed lengths
+    batch = td.batch(idx, "cpu", 0.0, torch.Generator().manual_seed(0))
+    words, chars, mask = collate([td.items[i] for i in idx], "cpu")
+    assert torch.equal(batch.words, words) and torch.equal(batch.chars, chars) and torch.equal(batch.mask, mask)
+    assert batch.lengths.tolist() == [len(td.tags[i]) for i in idx]
+    for r, i in enumerate(idx):
+        assert batch.tags[r].tolist() == td.tags[i] + [-100] * (words.shape[1] - len(td.tags[i]))

@@ -74,6 +74,29 @@ def pack(x: torch.Tensor, lengths: torch.Tensor) -> PackedSequence:
     return PackedSequence(packed.data, packed.batch_sizes, order, None)  # the order undone by `unpack`
 
 
+# A CPU batch with at most this many distinct sentence lengths runs the LSTM once per length, unpacked (oneDNN's
+# kernel), rather than once packed: PyTorch runs a packed batch of mixed lengths step by step in its own CPU
+# kernel, 1.5-2 times slower (benchmarks/lstm_lengths.py measures both).
+SPLIT_MAX_LENGTHS = 8
+
+
+def run_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """A batch_first bidirectional LSTM's states (B, T, 2H) over x (B, T, D), each sentence read up to its length
+    (lengths (B,) on the host), zero at padding: what pack, lstm, unpack give, by the fastest route there."""
+    t = x.shape[1]
+    sizes = lengths.unique().tolist()
+    if sizes == [t]:  # no padding: packing would change nothing but the time
+        return lstm(x)[0]
+    if x.device.type != "cpu" or len(sizes) > SPLIT_MAX_LENGTHS:  # cuDNN packs well; many lengths: one call
+        return unpack(lstm(pack(x, lengths))[0], t)
+    out = x.new_zeros(x.shape[0], t, 2 * lstm.hidden_size)
+    for n in sizes:
+        rows = (lengths == n).nonzero().squeeze(1)
+        h = lstm(x.index_select(0, rows)[:, :n])[0]  # (b, n, 2H)
+        out = out.index_copy(0, rows, nn.functional.pad(h, (0, 0, 0, t - n)))
+    return out
+
+
 def unpack(h: PackedSequence, total_length: int) -> torch.Tensor:
     """pad_packed_sequence(h, batch_first=True, total_length=...)[0], the same ops, without the copy of the
     order back to the host that it makes for the lengths it also returns (a sync per batch on CUDA)."""
@@ -196,13 +219,7 @@ class JointModel(nn.Module):
         x = self.drop(x)
         if lengths is None:
             lengths = mask.sum(1).clamp(min=1).cpu()
-        if torch.is_inference_mode_enabled() and bool((lengths == words.shape[1]).all()):
-            # No padding (twinhead.fast batches sentences of one length, in inference mode): packing would
-            # change nothing but the time, twice the LSTM's. Training and evaluation never come here.
-            h, _ = self.lstm(x)  # (B, T, 2H)
-        else:
-            h, _ = self.lstm(pack(x, lengths))
-            h = unpack(h, words.shape[1])  # (B, T, 2H)
+        h = run_lstm(self.lstm, x, lengths)  # (B, T, 2H)
         if self.attention is not None:
             h = self.attention(h, mask)
         h = self.drop(h)
