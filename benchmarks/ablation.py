@@ -11,7 +11,8 @@ schedule (plateau, the default, whose runs are heads' softmax ones / the 15-epoc
 encoder (the defaults, whose runs are average's base ones / a character BiLSTM / self-attention over the BiLSTM
 states / token-level intent, each alone), average (the defaults / checkpoint averaging over the best epoch
 and the 4 before it), sizes (the defaults, again average's base runs / word and hidden sizes halved / doubled),
-word_dropout (the defaults' 0.25, average's base runs / 0 / 0.5).
+word_dropout (the defaults' 0.25, average's base runs / 0 / 0.5), label_smoothing (the defaults, run again on
+today's code / intent label smoothing 0.1).
 Each configuration sets every param the group varies, so a row is what its name says whatever
 params.yaml holds. Experiments are named GROUP-CONFIG-DATASET-s<seed>; all are queued seed by seed (a
 full one-seed table exists after the first third) and run by one worker (benchmarks/seeds.py).
@@ -93,6 +94,12 @@ GROUPS: dict[str, tuple[Config, ...]] = {
         Config("base", ("train.word_dropout=0.25",), runs_as="average-base"),
         Config("wd-0", ("train.word_dropout=0.0",)),
         Config("wd-0.5", ("train.word_dropout=0.5",)),
+    ),
+    # label smoothing of the intent targets (0.1, the usual value), against the defaults run again: the base runs are
+    # the code after the LSTM-route and batch-building speed changes (the same model, other float rounding)
+    "label_smoothing": (
+        Config("base", ("train.label_smoothing=0.0",)),
+        Config("ls-0.1", ("train.label_smoothing=0.1",)),
     ),
 }
 SELECT_ON = "dev_sentence_accuracy"  # the headline dev metric (train.early_stop_metric's default)

@@ -76,6 +76,7 @@ class TrainConfig:
     intent_weight: NonNegFloat = 1.0  # loss weight of the intent task
     tag_weight: NonNegFloat = 1.0  # loss weight of the tagging task
     word_dropout: Fraction = 0.25  # probability of reading a word seen once in train as <unk>
+    label_smoothing: Fraction = 0.0  # the sentence head's targets: 1 - eps on the gold label, eps spread over all
     patience: NonNegInt = 8  # epochs without dev improvement before stopping; 0 never stops early
     early_stop_metric: Literal[METRICS] = "sentence_accuracy"  # the dev metric early stopping follows
     device: Annotated[str, AfterValidator(_device_name)] = "auto"  # auto: CUDA when present, else CPU
@@ -288,16 +289,17 @@ class TaskLosses(nn.Module):
     """The trained tasks' losses on a batch. This is what DDP wraps: it holds every trained parameter (the
     model's and the loss rule's learned task weights), so that one step serves one process or N."""
 
-    def __init__(self, model: JointModel, rule: LossRule, tasks: list[str]):
+    def __init__(self, model: JointModel, rule: LossRule, tasks: list[str], label_smoothing: float = 0.0):
         super().__init__()
         self.model, self.rule, self.tasks = model, rule, list(tasks)
+        self.label_smoothing = label_smoothing
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         model = self.model
         intent_logits, tag_scores = model(batch.words, batch.chars, batch.mask, batch.lengths)
         losses = {}
         if "intent" in self.tasks:
-            losses["intent"] = model.intent_head.loss(intent_logits, batch.intents)
+            losses["intent"] = model.intent_head.loss(intent_logits, batch.intents, self.label_smoothing)
         if "tags" in self.tasks:
             losses["tags"] = model.tag_head.loss(tag_scores, batch.tags, batch.mask)
         if batch.scale is not None:
@@ -430,7 +432,7 @@ def new_state(model: JointModel, tcfg: TrainConfig, steps_per_epoch: int, seed: 
     rule = make_rule(tcfg.loss_rule, tcfg.tasks, tcfg.task_weights(), gen).to(next(model.parameters()).device)
     # grad_mean writes .grad itself (autograd.grad per task); sum and uncertainty are one backward, which
     # DDP's hooks reduce. One task: every rule is one backward, and the other head gets no gradient.
-    sync = GradSync(TaskLosses(model, rule, tcfg.tasks), world,
+    sync = GradSync(TaskLosses(model, rule, tcfg.tasks, tcfg.label_smoothing), world,
                     rule_writes_grads=tcfg.loss_rule == "grad_mean" and len(tcfg.tasks) > 1,
                     find_unused=len(tcfg.tasks) == 1)
     groups = [{"params": list(model.parameters())}]
