@@ -390,11 +390,15 @@ def first_reaching(rows: list[dict], key: str, target: float) -> dict | None:
     return next((r for r in rows if r[key] >= target), None)
 
 
-def compare(spacy_res: dict, twin: dict) -> dict:
+def compare(spacy_res: dict, twin: dict, same_run: bool = True) -> dict:
+    """twinhead's first epoch at spaCy's test sentence accuracy, and its time as a share of spaCy's time to its
+    best. same_run: spaCy trained in this run; the target is judged only then (a ratio against another run's
+    clock mixes two machines' loads)."""
     target = spacy_res["test"]["sentence_accuracy"]
     hit = first_reaching(twin["epochs"], "test_sentence_accuracy", target)
-    out = {"target_test_sentence_accuracy": target, "target_ratio": TARGET_RATIO, "twinhead_epoch": None,
-           "twinhead_seconds": None, "ratio": None, "twinhead_cpu_seconds": None, "cpu_ratio": None}
+    out = {"target_test_sentence_accuracy": target, "target_ratio": TARGET_RATIO, "same_run": same_run,
+           "twinhead_epoch": None, "twinhead_seconds": None, "ratio": None, "twinhead_cpu_seconds": None,
+           "cpu_ratio": None}
     if hit:
         out.update(twinhead_epoch=hit["epoch"], twinhead_seconds=hit["seconds"],
                    ratio=hit["seconds"] / spacy_res["seconds_to_best"], twinhead_cpu_seconds=hit["cpu_seconds"],
@@ -442,7 +446,10 @@ def format_tables(res: dict) -> str:
     elif cmp_:
         ratio = cmp_["ratio"]
         as_fraction = f" = 1/{1 / ratio:.1f}" if ratio < 1 else ""
-        verdict = "met" if ratio <= cmp_["target_ratio"] else "missed"
+        if cmp_.get("same_run", "--spacy-results" not in res.get("command", "")):
+            verdict = "met" if ratio <= cmp_["target_ratio"] else "missed"
+        else:
+            verdict = "not judged: spaCy's side is from another run, under another load"
         target = pct(cmp_["target_test_sentence_accuracy"])
         lines += ["", f"twinhead first reaches spaCy's test sentence accuracy ({target})"
                   f" after epoch {cmp_['twinhead_epoch']}, at {cmp_['twinhead_seconds']:.1f} s: {ratio:.3f} of spaCy's "
@@ -518,7 +525,8 @@ def run(raw: Path, out: Path, params: dict, max_epochs: int | None, spacy_max_st
         "load_before": load_before, "load_after": os.getloadavg(), "cpus": os.cpu_count(),
         "versions": {"spacy": spacy.__version__, "torch": str(torch.__version__), "python": platform.python_version()},
         "spacy_model": sp and sp["model"], "evaluated_on": "raw text (the file's tokens joined by spaces), "
-        "gold on twinhead's processed test tokens", "spacy": sp, "twinhead": tw, "comparison": sp and compare(sp, tw),
+        "gold on twinhead's processed test tokens", "spacy": sp, "twinhead": tw,
+        "comparison": sp and compare(sp, tw, same_run=not spacy_results),
     }
 
 
@@ -562,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.spacy_results:
             params = load_config({"base": BaseConfig, "preprocess": PreprocessConfig}, args.params)
             res["spacy"] = spacy_side(Path(args.spacy_results), load_frames(Path(res["data"]), params)["test"])
-            res["spacy_model"], res["comparison"] = res["spacy"]["model"], compare(res["spacy"], res["twinhead"])
+            res["spacy_model"] = res["spacy"]["model"]
+            res["comparison"] = compare(res["spacy"], res["twinhead"], same_run=False)
     else:
         params = apply_sets(load_config({"base": BaseConfig, "preprocess": PreprocessConfig, "vocab": VocabConfig,
                                          "model": ModelConfig, "train": TrainConfig}, args.params), args.set)

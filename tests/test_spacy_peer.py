@@ -75,6 +75,24 @@ def test_compare_takes_the_first_epoch_at_spacys_accuracy():
     assert missed["twinhead_epoch"] is None and missed["ratio"] is None
 
 
+def test_the_target_is_judged_only_against_a_spacy_run_of_the_same_run():
+    """A ratio against spaCy's clock from another run (--spacy-results) mixes two loads: no met/missed then."""
+    spacy_res = {"test": {"sentence_accuracy": 0.80}, "seconds_to_best": 1000.0, "cpu_seconds_to_best": 800.0}
+    rows = [{"epoch": 1, "seconds": 20.0, "cpu_seconds": 30.0, "test_sentence_accuracy": 0.85}]
+    texts = {}
+    for same_run in (True, False):
+        cmp_ = spacy_peer.compare(spacy_res, {"epochs": rows}, same_run=same_run)
+        texts[same_run] = spacy_peer.format_tables({"spacy": None, "comparison": cmp_, "twinhead": {
+            "train_sentences": 10, "train_words": 50, "best": {**rows[0], "test_intent_accuracy": 0.9,
+                                                                "test_slot_f1": 0.9},
+            "best_epoch": 1, "total_seconds": 20.0,
+            "epochs": [{**rows[0], "train_seconds": 18.0, "dev_seconds": 1.0, "words_per_second": 100.0,
+                        "sentences_per_second": 20.0, "lr": 0.003, "dev_sentence_accuracy": 0.8,
+                        "test_intent_accuracy": 0.9, "test_slot_f1": 0.9}]}})
+    assert "1/20: met)" in texts[True] and "not judged" not in texts[True]
+    assert "not judged: spaCy's side is from another run" in texts[False] and ": met)" not in texts[False]
+
+
 def test_tiny_run_trains_both_and_prints_every_field(tmp_path, capsys):
     raw = snips_sample(tmp_path / "data", {"train": 80, "dev": 20, "test": 20})
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
