@@ -89,10 +89,11 @@ def run_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Ten
         return lstm(x)[0]
     if x.device.type != "cpu" or len(sizes) > SPLIT_MAX_LENGTHS:  # cuDNN packs well; many lengths: one call
         return unpack(lstm(pack(x, lengths))[0], t)
-    out = x.new_zeros(x.shape[0], t, 2 * lstm.hidden_size)
+    out = None
     for n in sizes:
         rows = (lengths == n).nonzero().squeeze(1)
-        h = lstm(x.index_select(0, rows)[:, :n])[0]  # (b, n, 2H)
+        h = lstm(x.index_select(0, rows)[:, :n])[0]  # (b, n, 2H), in autocast's dtype when it is on
+        out = h.new_zeros(x.shape[0], t, h.shape[-1]) if out is None else out
         out = out.index_copy(0, rows, nn.functional.pad(h, (0, 0, 0, t - n)))
     return out
 
