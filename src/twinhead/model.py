@@ -76,7 +76,7 @@ def pack(x: torch.Tensor, lengths: torch.Tensor) -> PackedSequence:
 
 # A CPU batch with at most this many distinct sentence lengths runs the LSTM once per length, unpacked (oneDNN's
 # kernel), rather than once packed: PyTorch runs a packed batch of mixed lengths step by step in its own CPU
-# kernel, 1.5-2 times slower (benchmarks/lstm_lengths.py measures both).
+# kernel, 1.5-2 times slower (`benchmarks/train_speed.py --lstm-routes packed split` times both).
 SPLIT_MAX_LENGTHS = 8
 
 
