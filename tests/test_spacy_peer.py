@@ -114,9 +114,10 @@ def test_tiny_run_trains_both_and_prints_every_field(tmp_path, capsys):
     for r in tw["epochs"]:
         assert r["words_per_second"] > 0 and 0 <= r["test_sentence_accuracy"] <= 1
     assert tw["epochs"][1]["seconds"] > tw["epochs"][0]["seconds"]
-    assert set(res["comparison"]) == {"target_test_sentence_accuracy", "target_ratio", "twinhead_epoch",
+    assert set(res["comparison"]) == {"target_test_sentence_accuracy", "target_ratio", "same_run", "twinhead_epoch",
                                       "twinhead_seconds", "ratio", "twinhead_cpu_seconds", "cpu_ratio"}
     assert res["comparison"]["target_test_sentence_accuracy"] == sp["test"]["sentence_accuracy"]
+    assert res["comparison"]["same_run"] is True  # spaCy trained in this run: the target is judged
 
     nlp = spacy.load(out / "model-best")  # what benchmarks/predict_speed.py --spacy-model loads
     assert nlp.pipe_names == ["tok2vec", "textcat", "ner"]
