@@ -265,7 +265,7 @@ def train_twinhead(frames: dict, params: dict, max_epochs: int | None, stop_at: 
     device = resolve_device(tcfg.device)
     model = build_model(mcfg.to_dict(), vocabs).to(device)
     data = TrainData(train_df, vocabs, mcfg, model.intent_targets)
-    words = sum(len(item[0]) for item in data.items)
+    words = data.words
     state = new_state(model, tcfg, len(data.batches(tcfg.batch_size, torch.Generator().manual_seed(0))), seed)
     clock, cpu = time.time() - t0, time.process_time() - c0  # the training clocks: setup, epochs, dev evaluations
     setup = clock
@@ -365,7 +365,7 @@ def profile_twinhead(frames: dict, params: dict, batches: int, variants: list[st
             measure = bool(tcfg.conflict_every) and step % tcfg.conflict_every == 0
             train_step(state, batch, tcfg, measure).floats()  # the epoch loop reads stats once per step too
         wall, cpu = time.time() - t, time.process_time() - c
-        epoch_words = sum(len(item[0]) for item in data.items)
+        epoch_words = data.words
         out.append({"variant": name, "threads": torch.get_num_threads(), "batch_size": tcfg.batch_size,
                     "steps": len(prepared) - 3, "words": words, "wall_seconds": wall, "cpu_seconds": cpu,
                     "words_per_second": words / wall, "epoch_seconds": wall / words * epoch_words,

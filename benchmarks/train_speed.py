@@ -51,7 +51,7 @@ def main() -> None:
         model.train()
         batches = data.batches(tcfg.batch_size, state.gen)[: args.batches]
         words, build = 0, 0.0
-        mixed = sum(len({len(data.tags[i]) for i in idx}) > 1 for idx in batches)
+        mixed = sum(len(set(data.lengths[idx].tolist())) > 1 for idx in batches)
         t0 = time.perf_counter()
         for step, idx in enumerate(batches, start=1):
             tb = time.perf_counter()

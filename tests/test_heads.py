@@ -30,7 +30,6 @@ def test_multi_label_decisions_threshold_and_fallback():
     assert single.decide(probs) == [[0], [1], [2]]
 
 
-
 def test_label_smoothing_targets_the_smoothed_distribution():
     """train.label_smoothing (eps): the single-label loss is the cross-entropy against 1 - eps on the gold label
     plus eps / L on each; multi-label, each 0/1 target moves eps / 2 towards 1/2; eps = 0 is the plain loss."""
@@ -46,6 +45,7 @@ def test_label_smoothing_targets_the_smoothed_distribution():
     hot = torch.tensor([[1.0, 0.0, 1.0]] * 5)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     torch.testing.assert_close(multi.loss(logits, hot, 0.2), bce(logits, torch.tensor([[0.9, 0.1, 0.9]] * 5)))
+
 
 def test_multi_label_model_reads_label_sets():
     assert label_atoms(INTENTS, "#") == ["atis_airfare", "atis_flight", "atis_ground_service"]

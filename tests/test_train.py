@@ -260,15 +260,18 @@ def test_checkpoint_averaging_resumes_with_the_epochs_it_had(data, tmp_path):
 def test_a_batch_holds_collates_tensors_and_the_tags_padded_with_the_ignore_index(data):
     """TrainData builds a batch from per-sentence arrays: the words, chars and mask `collate` gives for the
     same sentences (what prediction reads), the tags padded with -100, the lengths on the host."""
-    from twinhead.inference import collate
+    from twinhead.inference import collate, encode
 
     tr, _, vocabs = data
     model = JointModel(MCFG, len(vocabs.words), len(vocabs.chars), vocabs.tags.itos, vocabs.intents.itos)
     td = TrainData(tr, vocabs, MCFG, model.intent_targets)
-    idx = sorted(range(len(td)), key=lambda i: -len(td.tags[i]))[:3] + [0, 5, 7]  # mixed lengths
+    items = [encode(list(ws), vocabs, MCFG.max_word_len) for ws in tr["words"]]  # the sample: no empty or overlong
+    tags = [vocabs.tags.encode(list(ts)) for ts in tr["word_tags"]]
+    assert len(td) == len(items) and td.words == sum(map(len, tags))
+    idx = sorted(range(len(td)), key=lambda i: -len(tags[i]))[:3] + [0, 5, 7]  # mixed lengths
     batch = td.batch(idx, "cpu", 0.0, torch.Generator().manual_seed(0))
-    words, chars, mask = collate([td.items[i] for i in idx], "cpu")
+    words, chars, mask = collate([items[i] for i in idx], "cpu")
     assert torch.equal(batch.words, words) and torch.equal(batch.chars, chars) and torch.equal(batch.mask, mask)
-    assert batch.lengths.tolist() == [len(td.tags[i]) for i in idx]
+    assert batch.lengths.tolist() == [len(tags[i]) for i in idx]
     for r, i in enumerate(idx):
-        assert batch.tags[r].tolist() == td.tags[i] + [-100] * (words.shape[1] - len(td.tags[i]))
+        assert batch.tags[r].tolist() == tags[i] + [-100] * (words.shape[1] - len(tags[i]))

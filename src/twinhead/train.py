@@ -37,7 +37,7 @@ from twinhead import distributed, fileio
 from twinhead.checkpoint import build_model, safe_torch_load
 from twinhead.distributed import GradSync, World
 from twinhead.errors import TwinheadError
-from twinhead.inference import encode, predict_frame, predict_mapped
+from twinhead.inference import collate, encode, predict_frame, predict_mapped
 from twinhead.metrics import summary
 from twinhead.model import JointModel, ModelConfig
 from twinhead.mtl import RULES, LossRule, StepStats, make_rule
@@ -198,11 +198,12 @@ class Batch(NamedTuple):
 
 
 class TrainData:
-    """Encoded train split: word ids, char ids, tag ids, the sentence head's targets (label ids, or
-    multi-hot rows), and which words are singletons."""
+    """Encoded train split, a sentence as arrays (so that a batch is one copy per sentence, not a tensor per word):
+    word ids (n,), char ids (n, its longest word's length) as `collate` pads them, tag ids (n,), which words are
+    singletons (n,); the sentence head's targets (label ids, or multi-hot rows)."""
 
     def __init__(self, df: pd.DataFrame, vocabs: Vocabs, mcfg: ModelConfig, intent_targets: Callable):
-        self.items, self.tags, intents, self.single = [], [], [], []
+        self.arrays, intents = [], []
         self.truncated = 0
         counts = Counter(w for ws in df["words"] for w in ws)
         for ws, ts, intent in zip(df["words"], df["word_tags"], df["intent"]):
@@ -212,34 +213,25 @@ class TrainData:
             if len(ws) > mcfg.max_len:  # training reads the first max_len words; counted and reported
                 self.truncated += 1
                 ws, ts = ws[: mcfg.max_len], ts[: mcfg.max_len]
-            self.items.append(encode(ws, vocabs, mcfg.max_word_len))
-            self.tags.append(vocabs.tags.encode(ts))
+            words, chars, _ = collate([encode(ws, vocabs, mcfg.max_word_len)], "cpu")  # (1, n), (1, n, C)
+            self.arrays.append((words[0].numpy(), chars[0].numpy(), np.asarray(vocabs.tags.encode(ts), dtype=np.int64),
+                                np.array([counts[w] == 1 for w in ws])))
             intents.append(intent)
-            self.single.append([counts[w] == 1 for w in ws])
         self.intents = intent_targets(intents)  # (N,) or (N, L)
-        self.words = sum(len(t) for t in self.tags)  # words read per epoch
-        # Each sentence as arrays, so that a batch is one copy per sentence, not one tensor per word (a tenth of
-        # an epoch's CPU time went there): word ids (n,), tag ids (n,), singletons (n,), char ids (n, its
-        # longest word's length), zero-padded like `collate`.
-        self.arrays = []
-        for (w, ch), t, single in zip(self.items, self.tags, self.single):
-            chars = np.zeros((len(ch), max(len(c) for c in ch)), dtype=np.int64)
-            for j, c in enumerate(ch):
-                chars[j, : len(c)] = c
-            self.arrays.append((np.asarray(w, dtype=np.int64), chars, np.asarray(t, dtype=np.int64),
-                                np.asarray(single, dtype=bool)))
+        self.lengths = np.array([len(a[0]) for a in self.arrays], dtype=np.int64)  # words per sentence
+        self.words = int(self.lengths.sum())  # words read per epoch
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.arrays)
 
     def batches(self, batch_size: int, gen: torch.Generator, pool: int = 50) -> list[list[int]]:
         """Shuffled batches of similar lengths (less padding): sort within pools of
         pool * batch_size shuffled sentences, cut into batches, shuffle the batches."""
-        order = torch.randperm(len(self.items), generator=gen).tolist()
+        order = torch.randperm(len(self), generator=gen).tolist()
         out = []
         step = batch_size * pool
         for p in range(0, len(order), step):
-            chunk = sorted(order[p : p + step], key=lambda i: len(self.items[i][0]))
+            chunk = sorted(order[p : p + step], key=lambda i: self.lengths[i])
             out.extend(chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size))
         return [out[k] for k in torch.randperm(len(out), generator=gen).tolist()]
 
@@ -248,7 +240,7 @@ class TrainData:
         """This rank's rows of the batch `idx` (all of them with one process) on `device`."""
         world = world or World()
         device = torch.device(device)
-        lens = [len(self.tags[i]) for i in idx]
+        lens = self.lengths[idx].tolist()
         # Drawn for the whole batch on every rank: the draws of one process, and the generator (which orders
         # the next batches) stays in step on all ranks.
         draws = torch.rand((len(idx), max(lens)), generator=gen) if word_dropout > 0 else None
@@ -260,7 +252,7 @@ class TrainData:
             rows = rows or [0]  # no rows left for this rank: it still takes part, with a weight of 0
         mine = [idx[r] for r in rows]
         # collate's tensors (words (B, T), chars (B, T, C), mask (B, T)), from the arrays built once
-        n = np.array([len(self.tags[i]) for i in mine])
+        n = self.lengths[mine]
         t, c = int(n.max()), max(self.arrays[i][1].shape[1] for i in mine)
         words = np.zeros((len(mine), t), dtype=np.int64)
         chars = np.zeros((len(mine), t, c), dtype=np.int64)
