@@ -12,7 +12,8 @@ encoder (the defaults, whose runs are average's base ones / a character BiLSTM /
 states / token-level intent, each alone), average (the defaults / checkpoint averaging over the best epoch
 and the 4 before it), sizes (the defaults, again average's base runs / word and hidden sizes halved / doubled),
 word_dropout (the defaults' 0.25, average's base runs / 0 / 0.5), label_smoothing (the defaults, run again on
-today's code / intent label smoothing 0.1).
+today's code / intent label smoothing 0.1), sentence_head (the defaults' softmax, label_smoothing's base runs / a
+sigmoid per label atom).
 Each configuration sets every param the group varies, so a row is what its name says whatever
 params.yaml holds. Experiments are named GROUP-CONFIG-DATASET-s<seed>; all are queued seed by seed (a
 full one-seed table exists after the first third) and run by one worker (benchmarks/seeds.py).
@@ -100,6 +101,12 @@ GROUPS: dict[str, tuple[Config, ...]] = {
     "label_smoothing": (
         Config("base", ("train.label_smoothing=0.0",)),
         Config("ls-0.1", ("train.label_smoothing=0.1",)),
+    ),
+    # the sentence head (issue "quality"): a softmax over the label strings (the defaults; label_smoothing's base
+    # runs) against a sigmoid per label atom, which reads a#b as the set {a, b} (ATIS has 15 such test sentences)
+    "sentence_head": (
+        Config("single", ("model.sentence_head=single",), runs_as="label_smoothing-base"),
+        Config("multi", ("model.sentence_head=multi",)),
     ),
 }
 SELECT_ON = "dev_sentence_accuracy"  # the headline dev metric (train.early_stop_metric's default)

@@ -9,6 +9,7 @@ global batch. With one process nothing here communicates and training is the sin
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from collections.abc import Iterator
@@ -138,9 +139,13 @@ class GradSync:
 
             # device_ids None: the batch is already on this rank's device, and the host-side lengths the
             # packing needs must stay on the host (DDP would move every input tensor to the device).
-            # Buffers are constants (the BIO masks): nothing to broadcast before each forward.
-            self.net = DistributedDataParallel(module, device_ids=None, broadcast_buffers=False,
-                                               find_unused_parameters=find_unused)
+            # Buffers are constants (the BIO masks): nothing to sync before each forward. torch 2.13 names
+            # that forward_sync_buffers (and warns on broadcast_buffers); older releases know only the latter.
+            no_sync = ({"forward_sync_buffers": False}
+                       if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                       else {"broadcast_buffers": False})
+            self.net = DistributedDataParallel(module, device_ids=None, find_unused_parameters=find_unused,
+                                               **no_sync)
 
     def context(self):
         """Around the forward and the rule's backward."""
