@@ -218,8 +218,10 @@ def same_frames(a: pd.DataFrame, b: pd.DataFrame) -> bool:
                                     else list(a[c]) == list(b[c]) for c in cols)
 
 
-def evaluate_dataset(members: list[Member], sizes: list[int], most: int, dataset: str) -> list[dict[str, Any]]:
-    """One row per ensemble size: mean ± std of dev and test metrics over the subsets, and training minutes."""
+def evaluate_dataset(members: list[Member], sizes: list[int], most: int,
+                     dataset: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One row per ensemble size: mean ± std of dev and test metrics over the subsets, and training minutes;
+    and how the members' own test intent errors overlap (shared_errors)."""
     loaded = [load_member(m) for m in members]
     models, minutes = [x[0] for x in loaded], [x[2] for x in loaded]
     check_same_labels(models, [m.name for m in members])
@@ -250,9 +252,9 @@ def evaluate_dataset(members: list[Member], sizes: list[int], most: int, dataset
             values.setdefault("train_minutes", []).append(sum(mins) if None not in mins else float("nan"))
         stats = {c: dict(zip(("mean", "std"), seeds.mean_std(v))) for c, v in values.items()}
         rows.append({"dataset": dataset, "k": k, "subsets": len(picks), "members": [m.name for m in members],
-                     "metrics": stats, "test_intent_errors": shared_errors(models[0], frames["test"], alone)})
+                     "metrics": stats})
         print(f"  k={k}: {len(picks)} subsets", file=sys.stderr)
-    return rows
+    return rows, shared_errors(models[0], frames["test"], alone)
 
 
 def shared_errors(model: JointModel, df: pd.DataFrame, preds: list[tuple[list[str], list[list[str]]]]) -> dict:
@@ -265,16 +267,12 @@ def shared_errors(model: JointModel, df: pd.DataFrame, preds: list[tuple[list[st
             "all": int(wrong.all(0).sum()), "any": int(wrong.any(0).sum()), "sentences": len(gold)}
 
 
-def format_errors(rows: list[dict]) -> str:
-    out, seen = [], set()
-    for r in rows:
-        e = r.get("test_intent_errors")
-        if e and r["dataset"] not in seen:  # every row of a dataset holds the same members
-            seen.add(r["dataset"])
-            out.append(f"{r['dataset']} test intent errors of the {len(e['per_member'])} members alone: "
-                       f"{min(e['per_member'])}-{max(e['per_member'])} each; wrong in half of them or more: "
-                       f"{e['half_or_more']}, in all: {e['all']}, in any: {e['any']} (of {e['sentences']} sentences)")
-    return "\n".join(out)
+def format_errors(errors: dict[str, dict]) -> str:
+    """A line per dataset from shared_errors' counts."""
+    return "\n".join(f"{dataset} test intent errors of the {len(e['per_member'])} members alone: "
+                     f"{min(e['per_member'])}-{max(e['per_member'])} each; wrong in half of them or more: "
+                     f"{e['half_or_more']}, in all: {e['all']}, in any: {e['any']} (of {e['sentences']} sentences)"
+                     for dataset, e in errors.items())
 
 
 def format_table(rows: list[dict]) -> str:
@@ -301,14 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from-json", help="print the table of an earlier --json output")
     args = ap.parse_args(argv)
     if args.from_json:
-        rows = seeds.read_json(args.from_json, "rows")
-        print(format_table(rows) + "\n\n" + format_errors(rows))
+        print(format_table(seeds.read_json(args.from_json, "rows")) + "\n\n"
+              + format_errors(seeds.read_json(args.from_json, "test_intent_errors")))
         return 0
     if not args.runs:
         ap.error("--runs is required (or --from-json)")
     refs = _git("for-each-ref", "refs/exps", "--format=%(objectname) %(creatordate:unix) %(refname)")
     torch.set_num_threads(1)
-    rows = []
+    rows, errors = [], {}
     for dataset in args.datasets:
         label = seeds.dataset_label(dataset)
         members = [m for run in args.runs for m in find_members(refs, run, label)]
@@ -316,10 +314,11 @@ def main(argv: list[str] | None = None) -> int:
             raise TwinheadError(f"no experiment named {' or '.join(f'{r}-{label}-s<seed>' for r in args.runs)} "
                                 "in refs/exps (dvc exp list --all-commits)")
         print(f"{label}: {len(members)} members", file=sys.stderr)
-        rows.extend(evaluate_dataset(members, args.sizes, args.max_subsets, label))
+        dataset_rows, errors[label] = evaluate_dataset(members, args.sizes, args.max_subsets, label)
+        rows.extend(dataset_rows)
     if args.json:
-        seeds.write_json(args.json, {"runs": args.runs, "rows": rows})
-    print(format_table(rows) + "\n\n" + format_errors(rows))
+        seeds.write_json(args.json, {"runs": args.runs, "rows": rows, "test_intent_errors": errors})
+    print(format_table(rows) + "\n\n" + format_errors(errors))
     return 0
 
 

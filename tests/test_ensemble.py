@@ -139,7 +139,6 @@ def test_shared_errors_count_how_the_members_intent_errors_overlap():
              (["Play", "Wake", "Play", "Weather", "Wake"], [])]  # wrong on 4
     got = ensemble.shared_errors(model, df, preds)
     assert got == {"per_member": [2, 2, 1], "half_or_more": 1, "all": 0, "any": 4, "sentences": 5}
-    line = ensemble.format_errors([{"dataset": "x", "k": 1, "test_intent_errors": got},
-                                   {"dataset": "x", "k": 3, "test_intent_errors": got}])
+    line = ensemble.format_errors({"x": got})
     assert line == ("x test intent errors of the 3 members alone: 1-2 each; wrong in half of them or more: 1, "
                     "in all: 0, in any: 4 (of 5 sentences)")
