@@ -13,7 +13,8 @@ states / token-level intent, each alone), average (the defaults / checkpoint ave
 and the 4 before it), sizes (the defaults, again average's base runs / word and hidden sizes halved / doubled),
 word_dropout (the defaults' 0.25, average's base runs / 0 / 0.5), label_smoothing (the defaults, run again on
 today's code / intent label smoothing 0.1), sentence_head (the defaults' softmax, label_smoothing's base runs / a
-sigmoid per label atom), dropout (the defaults' 0.3, label_smoothing's base runs / 0.2 / 0.5).
+sigmoid per label atom), dropout (the defaults' 0.3, label_smoothing's base runs / 0.2 / 0.5), slot_to_intent (the
+defaults, label_smoothing's base runs / the intent head reading the tag head's distribution per token).
 Each configuration sets every param the group varies, so a row is what its name says whatever
 params.yaml holds. Experiments are named GROUP-CONFIG-DATASET-s<seed>; all are queued seed by seed (a
 full one-seed table exists after the first third) and run by one worker (benchmarks/seeds.py).
@@ -114,6 +115,12 @@ GROUPS: dict[str, tuple[Config, ...]] = {
         Config("base", ("model.dropout=0.3",), runs_as="label_smoothing-base"),
         Config("do-0.2", ("model.dropout=0.2",)),
         Config("do-0.5", ("model.dropout=0.5",)),
+    ),
+    # slot-to-intent (issue "quality": Slot-Gated / Co-Interactive's other direction): the sentence head also reads
+    # the tag head's distribution over tags at each token, pooled; off is the default (label_smoothing's base runs)
+    "slot_to_intent": (
+        Config("off", ("model.slot_to_intent=false",), runs_as="label_smoothing-base"),
+        Config("on", ("model.slot_to_intent=true",)),
     ),
 }
 SELECT_ON = "dev_sentence_accuracy"  # the headline dev metric (train.early_stop_metric's default)

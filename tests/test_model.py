@@ -53,7 +53,9 @@ def test_output_shapes():
 
 
 LEVERS = [dict(char_encoder="bilstm"), dict(attention_heads=2), dict(intent_level="token"),
-          dict(intent_level="token", attention_heads=4, char_encoder="bilstm", tag_decoder="softmax")]
+          dict(intent_level="token", attention_heads=4, char_encoder="bilstm", tag_decoder="softmax"),
+          dict(slot_to_intent=True), dict(slot_to_intent=True, intent_level="token", intent_to_tags=False),
+          dict(slot_to_intent=True, tag_decoder="softmax")]
 
 
 @pytest.mark.parametrize("cfg", [
@@ -232,6 +234,26 @@ def test_the_encoder_options_default_off_and_keep_the_checkpoint_layout():
     token, _ = make(tiny_config(intent_level="token", attention_heads=2, char_encoder="bilstm"))
     assert {"attention.attn.in_proj_weight", "char_cnn.lstm.weight_ih_l0"} <= set(token.state_dict())
     assert token.intent_head.mlp[0].in_features == 2 * 8  # scores one token's state, not the pooled pair
+
+
+def test_slot_to_intent_reads_the_tag_heads_view_of_the_states_and_keeps_the_checkpoint_layout():
+    plain, vocabs = make(tiny_config())
+    slot, _ = make(tiny_config(slot_to_intent=True))
+    b = batch(vocabs, SENTS)
+    h2 = 2 * 8
+    assert set(slot.state_dict()) == set(plain.state_dict())  # no new weights: it reuses the tag head's
+    assert slot.intent_head.mlp[0].in_features == 2 * (h2 + len(TAGS))  # mean and max of states + tag distribution
+    with torch.no_grad():
+        for model in (plain, slot):
+            model.ref = model(*b)[0]
+            model.tag_head.proj.weight[:, h2:].mul_(5.0)  # the weights reading the intent distribution
+            model.moved_intent_part = model(*b)[0]
+            model.tag_head.proj.weight[:, :h2].mul_(5.0)  # the weights reading the encoder states
+            model.moved_state_part = model(*b)[0]
+    # the slot view is scored before the intent exists: the intent-reading weights never reach the intent
+    torch.testing.assert_close(slot.moved_intent_part, slot.ref)
+    assert not torch.allclose(slot.moved_state_part, slot.ref)  # ...but the tag head's view of the states does
+    torch.testing.assert_close(plain.moved_state_part, plain.ref)  # off: the intent never reads the tag head
 
 
 TRAIN = [(["play", "the", "beatles"], "Play", ["O", "O", "B-a"]),

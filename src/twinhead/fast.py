@@ -253,16 +253,22 @@ def build_onnx(model: JointModel) -> bytes:
     axis1 = const("axes_1", np.array([1], dtype=np.int64))
     count_ = node("Max", [node("ReduceSum", [mf, axis1], keepdims=0), const("one_f32", np.array(1.0, np.float32))])
     mlp = model.intent_head.mlp
+    s = h  # what the intent head reads: the states, and with slot_to_intent the tag distribution (JointModel.slot_view)
+    if cfg.slot_to_intent:
+        proj = model.tag_head.proj
+        w = const("slot.weight_t", f32(proj.weight)[:, : 2 * hidden].T.copy())
+        q = node("Softmax", [node("Add", [node("MatMul", [h, w]), const("slot.bias", f32(proj.bias))])], axis=-1)
+        s = node("Concat", [h, q], axis=-1)  # (B, T, 2H + K)
     if cfg.intent_level == "token":  # an intent distribution per token; the sentence's is their mean (its log)
-        z = node("Relu", [linear(h, mlp[0], "intent.0")])
+        z = node("Relu", [linear(s, mlp[0], "intent.0")])
         p = node("Mul", [node("Softmax", [linear(z, mlp[3], "intent.3")], axis=-1), mf])  # (B, T, L), 0 at padding
         mean_p = node("Div", [node("ReduceSum", [p, axis1], keepdims=0), count_])  # (B, L)
         logits = node("Log", [node("Max", [mean_p, const("tiny", np.array(1e-12, np.float32))])])
     else:
-        total = node("ReduceSum", [node("Mul", [h, mf]), axis1], keepdims=0)  # (B, 2H)
+        total = node("ReduceSum", [node("Mul", [s, mf]), axis1], keepdims=0)  # (B, 2H [+ K])
         mean = node("Div", [total, count_])
-        mx = node("ReduceMax", [node("Where", [m, h, const("neg", np.array(NEG, dtype=np.float32))])], axes=[1],
-                  keepdims=0)  # (B, 2H)
+        mx = node("ReduceMax", [node("Where", [m, s, const("neg", np.array(NEG, dtype=np.float32))])], axes=[1],
+                  keepdims=0)  # (B, 2H [+ K])
         z = node("Relu", [linear(node("Concat", [mean, mx], axis=-1), mlp[0], "intent.0")])
         logits = linear(z, mlp[3], "intent.3")  # (B, L)
     nodes.append(helper.make_node("Identity", [logits], ["intent_logits"]))

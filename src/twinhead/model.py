@@ -47,6 +47,10 @@ class ModelConfig:
     # token: intent scored at every token, the sentence's distribution is the tokens' mean, and the tag head
     # reads each token's own intent distribution (Stack-Propagation, Qin et al. 2019); sentence: mean+max pooling
     intent_level: Literal["sentence", "token"] = "sentence"
+    # slot-to-intent (the other direction of intent_to_tags; Slot-Gated / Co-Interactive, Goo et al. 2018, Qin et
+    # al. 2021): the sentence head also reads the tag head's distribution over tags at each token, scored from the
+    # encoder states alone (without the intent input), pooled by mean and max (token level: each token's own)
+    slot_to_intent: bool = False
 
     def __post_init__(self):
         if self.char_encoder == "bilstm" and self.char_dim and self.char_filters % 2:
@@ -194,9 +198,11 @@ class JointModel(nn.Module):
         self.lstm = nn.LSTM(in_dim, cfg.hidden_size, cfg.num_layers, batch_first=True, bidirectional=True,
                             dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
         self.attention = SelfAttention(h2, cfg.attention_heads, cfg.dropout) if cfg.attention_heads else None
-        # token level: the same MLP scores every token's state instead of the pooled (mean, max) vector
-        self.intent_head = SentenceHead(h2 if cfg.intent_level == "token" else 2 * h2, h2, n_out, cfg.dropout,
-                                        cfg.sentence_head == "multi", cfg.multi_threshold)
+        # token level: the same MLP scores every token's state instead of the pooled (mean, max) vector;
+        # slot_to_intent adds the tag distribution (K) to each state, so (mean, max) of it to the pooled vector
+        per_token = h2 + (len(self.tags) if cfg.slot_to_intent else 0)
+        self.intent_head = SentenceHead(per_token if cfg.intent_level == "token" else 2 * per_token, h2, n_out,
+                                        cfg.dropout, cfg.sentence_head == "multi", cfg.multi_threshold)
         tag_in = h2 + (n_out if cfg.intent_to_tags else 0)
         self.tag_head = TAG_HEADS[cfg.tag_decoder](tag_in, self.tags, cfg.bio_constraints)
 
@@ -226,13 +232,14 @@ class JointModel(nn.Module):
         h = self.drop(h)
         # Pool over real tokens only: padding positions never enter the sentence vector.
         m = mask.unsqueeze(-1)  # (B, T, 1)
+        s = torch.cat([h, self.slot_view(h)], -1) if self.cfg.slot_to_intent else h  # what the intent reads
         if self.cfg.intent_level == "token":
-            p = torch.softmax(self.intent_head(h), -1) * m  # (B, T, L), zero at padding
+            p = torch.softmax(self.intent_head(s), -1) * m  # (B, T, L), zero at padding
             # The sentence's distribution is the tokens' mean; its log is a logit whose softmax gives it back.
             intent_logits = torch.log((p.sum(1) / m.sum(1).clamp(min=1)).clamp(min=1e-12))  # (B, L)
         else:
-            mean = (h * m).sum(1) / m.sum(1).clamp(min=1)  # (B, 2H)
-            mx = h.masked_fill(~m, NEG).max(1).values  # (B, 2H)
+            mean = (s * m).sum(1) / m.sum(1).clamp(min=1)  # (B, 2H [+ K])
+            mx = s.masked_fill(~m, NEG).max(1).values  # (B, 2H [+ K])
             intent_logits = self.intent_head(torch.cat([mean, mx], -1))  # (B, L)
             if self.cfg.intent_to_tags:
                 p = self.intent_head.probs(intent_logits).unsqueeze(1).expand(-1, h.shape[1], -1)  # (B, T, L)
@@ -240,6 +247,12 @@ class JointModel(nn.Module):
             h = torch.cat([h, p], -1)
         tag_scores = self.tag_head(h)  # (B, T, K)
         return intent_logits, tag_scores
+
+    def slot_view(self, h: torch.Tensor) -> torch.Tensor:
+        """slot_to_intent's input: the tag head's distribution over tags at each token (B, T, K), its scores from
+        the encoder states alone (the part of its weights that reads them, without the intent input)."""
+        proj = self.tag_head.proj
+        return torch.softmax(nn.functional.linear(h, proj.weight[:, : h.shape[-1]], proj.bias), -1)
 
     def decode_tags(self, tag_scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Tag ids (B, T), by the tag head's decoder."""
