@@ -117,9 +117,10 @@ GROUPS: dict[str, tuple[Config, ...]] = {
         Config("do-0.5", ("model.dropout=0.5",)),
     ),
     # slot-to-intent (issue "quality": Slot-Gated / Co-Interactive's other direction): the sentence head also reads
-    # the tag head's distribution over tags at each token, pooled; off is the default (label_smoothing's base runs)
+    # the tag head's distribution over tags at each token, pooled; off is the default (label_smoothing's base runs,
+    # made before the param existed, so they set nothing: off is the forward pass they ran)
     "slot_to_intent": (
-        Config("off", ("model.slot_to_intent=false",), runs_as="label_smoothing-base"),
+        Config("off", (), runs_as="label_smoothing-base"),
         Config("on", ("model.slot_to_intent=true",)),
     ),
 }
