@@ -14,7 +14,8 @@ and the 4 before it), sizes (the defaults, again average's base runs / word and 
 word_dropout (the defaults' 0.25, average's base runs / 0 / 0.5), label_smoothing (the defaults, run again on
 today's code / intent label smoothing 0.1), sentence_head (the defaults' softmax, label_smoothing's base runs / a
 sigmoid per label atom), dropout (the defaults' 0.3, label_smoothing's base runs / 0.2 / 0.5), slot_to_intent (the
-defaults, label_smoothing's base runs / the intent head reading the tag head's distribution per token).
+defaults, label_smoothing's base runs / the intent head reading the tag head's distribution per token), patience
+(the defaults, label_smoothing's base runs / patience and lr_patience doubled).
 Each configuration sets every param the group varies, so a row is what its name says whatever
 params.yaml holds. Experiments are named GROUP-CONFIG-DATASET-s<seed>; all are queued seed by seed (a
 full one-seed table exists after the first third) and run by one worker (benchmarks/seeds.py).
@@ -122,6 +123,12 @@ GROUPS: dict[str, tuple[Config, ...]] = {
     "slot_to_intent": (
         Config("off", (), runs_as="label_smoothing-base"),
         Config("on", ("model.slot_to_intent=true",)),
+    ),
+    # how long a run waits on the dev plateau (issue "quality": train to convergence): the defaults (stop after 8
+    # epochs without gain, halve the learning rate after 2; label_smoothing's base runs) against twice as patient
+    "patience": (
+        Config("base", ("train.patience=8", "train.lr_patience=2"), runs_as="label_smoothing-base"),
+        Config("patient", ("train.patience=16", "train.lr_patience=4")),
     ),
 }
 SELECT_ON = "dev_sentence_accuracy"  # the headline dev metric (train.early_stop_metric's default)
