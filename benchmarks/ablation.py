@@ -17,8 +17,10 @@ sigmoid per label atom), dropout (the defaults' 0.3, label_smoothing's base runs
 defaults, label_smoothing's base runs / the intent head reading the tag head's distribution per token), patience
 (the defaults, label_smoothing's base runs / patience and lr_patience doubled).
 Each configuration sets every param the group varies, so a row is what its name says whatever
-params.yaml holds. Experiments are named GROUP-CONFIG-DATASET-s<seed>; all are queued seed by seed (a
-full one-seed table exists after the first third) and run by one worker (benchmarks/seeds.py).
+params.yaml holds; one exception, slot_to_intent's off, sets nothing, because the runs it reuses were made before
+the param existed (their recorded params lack it): a new seed of it follows params.yaml. Experiments are named
+GROUP-CONFIG-DATASET-s<seed>; all are queued seed by seed (a full one-seed table exists after the first third)
+and run by one worker (benchmarks/seeds.py).
 
 Per group: a table of dev (selection) and test metrics, mean ± std over seeds, and the configuration
 that is best on dev averaged over the datasets; test is shown beside it, never used to choose. For

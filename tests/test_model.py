@@ -243,17 +243,22 @@ def test_slot_to_intent_reads_the_tag_heads_view_of_the_states_and_keeps_the_che
     h2 = 2 * 8
     assert set(slot.state_dict()) == set(plain.state_dict())  # no new weights: it reuses the tag head's
     assert slot.intent_head.mlp[0].in_features == 2 * (h2 + len(TAGS))  # mean and max of states + tag distribution
-    with torch.no_grad():
-        for model in (plain, slot):
-            model.ref = model(*b)[0]
-            model.tag_head.proj.weight[:, h2:].mul_(5.0)  # the weights reading the intent distribution
-            model.moved_intent_part = model(*b)[0]
-            model.tag_head.proj.weight[:, :h2].mul_(5.0)  # the weights reading the encoder states
-            model.moved_state_part = model(*b)[0]
+
+    @torch.no_grad()
+    def intents_as_tag_weights_move(model):
+        """Intent logits as they are, after the tag head's intent-reading weights move, then its state-reading ones."""
+        ref = model(*b)[0]
+        model.tag_head.proj.weight[:, h2:].mul_(5.0)  # the weights reading the intent distribution
+        moved_intent_part = model(*b)[0]
+        model.tag_head.proj.weight[:, :h2].mul_(5.0)  # the weights reading the encoder states
+        return ref, moved_intent_part, model(*b)[0]
+
+    ref, moved_intent_part, moved_state_part = intents_as_tag_weights_move(slot)
     # the slot view is scored before the intent exists: the intent-reading weights never reach the intent
-    torch.testing.assert_close(slot.moved_intent_part, slot.ref)
-    assert not torch.allclose(slot.moved_state_part, slot.ref)  # ...but the tag head's view of the states does
-    torch.testing.assert_close(plain.moved_state_part, plain.ref)  # off: the intent never reads the tag head
+    torch.testing.assert_close(moved_intent_part, ref)
+    assert not torch.allclose(moved_state_part, ref)  # ...but the tag head's view of the states does
+    ref, _, moved_state_part = intents_as_tag_weights_move(plain)
+    torch.testing.assert_close(moved_state_part, ref)  # off: the intent never reads the tag head
 
 
 TRAIN = [(["play", "the", "beatles"], "Play", ["O", "O", "B-a"]),
