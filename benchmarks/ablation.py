@@ -15,10 +15,12 @@ word_dropout (the defaults' 0.25, average's base runs / 0 / 0.5), label_smoothin
 today's code / intent label smoothing 0.1), sentence_head (the defaults' softmax, label_smoothing's base runs / a
 sigmoid per label atom), dropout (the defaults' 0.3, label_smoothing's base runs / 0.2 / 0.5), slot_to_intent (the
 defaults, label_smoothing's base runs / the intent head reading the tag head's distribution per token), patience
-(the defaults, label_smoothing's base runs / patience and lr_patience doubled).
+(the defaults then, 8 and 2, label_smoothing's base runs / patience and lr_patience doubled, the defaults since).
 Each configuration sets every param the group varies, so a row is what its name says whatever
 params.yaml holds; one exception, slot_to_intent's off, sets nothing, because the runs it reuses were made before
-the param existed (their recorded params lack it): a new seed of it follows params.yaml. Experiments are named
+the param existed (their recorded params lack it): a new seed of it follows params.yaml. The groups before
+patience do not set train.patience or train.lr_patience (their runs used the defaults of their day, 8 and 2 since
+the plateau schedule): a new seed of any of them follows params.yaml's 16 and 4. Experiments are named
 GROUP-CONFIG-DATASET-s<seed>; all are queued seed by seed (a full one-seed table exists after the first third)
 and run by one worker (benchmarks/seeds.py).
 
@@ -126,8 +128,9 @@ GROUPS: dict[str, tuple[Config, ...]] = {
         Config("off", (), runs_as="label_smoothing-base"),
         Config("on", ("model.slot_to_intent=true",)),
     ),
-    # how long a run waits on the dev plateau (issue "quality": train to convergence): the defaults (stop after 8
-    # epochs without gain, halve the learning rate after 2; label_smoothing's base runs) against twice as patient
+    # how long a run waits on the dev plateau (issue "quality": train to convergence): the defaults then (stop after
+    # 8 epochs without gain, halve the learning rate after 2; label_smoothing's base runs) against twice as patient,
+    # the defaults since
     "patience": (
         Config("base", ("train.patience=8", "train.lr_patience=2"), runs_as="label_smoothing-base"),
         Config("patient", ("train.patience=16", "train.lr_patience=4")),

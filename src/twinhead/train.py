@@ -71,13 +71,13 @@ class TrainConfig:
     # fixed epoch); cosine: anneal to 0 over `epochs`; none: constant
     scheduler: Literal["plateau", "cosine", "none"] = "plateau"
     lr_decay: Annotated[float, Field(gt=0, lt=1)] = 0.5  # plateau: the factor applied to lr
-    lr_patience: NonNegInt = 2  # plateau: epochs without improvement tolerated before lr is decayed
+    lr_patience: NonNegInt = 4  # plateau: epochs without improvement tolerated before lr is decayed
     grad_clip: NonNegFloat = 5.0  # max gradient norm; 0 turns clipping off
     intent_weight: NonNegFloat = 1.0  # loss weight of the intent task
     tag_weight: NonNegFloat = 1.0  # loss weight of the tagging task
     word_dropout: Fraction = 0.25  # probability of reading a word seen once in train as <unk>
     label_smoothing: Fraction = 0.0  # the sentence head's targets: 1 - eps on the gold label, eps spread over all
-    patience: NonNegInt = 8  # epochs without dev improvement before stopping; 0 never stops early
+    patience: NonNegInt = 16  # epochs without dev improvement before stopping; 0 never stops early
     early_stop_metric: Literal[METRICS] = "sentence_accuracy"  # the dev metric early stopping follows
     device: Annotated[str, AfterValidator(_device_name)] = "auto"  # auto: CUDA when present, else CPU
     deterministic: bool = True  # deterministic kernels (on GPU: cuDNN deterministic, see README)
