@@ -15,7 +15,8 @@ word_dropout (the defaults' 0.25, average's base runs / 0 / 0.5), label_smoothin
 today's code / intent label smoothing 0.1), sentence_head (the defaults' softmax, label_smoothing's base runs / a
 sigmoid per label atom), dropout (the defaults' 0.3, label_smoothing's base runs / 0.2 / 0.5), slot_to_intent (the
 defaults, label_smoothing's base runs / the intent head reading the tag head's distribution per token), patience
-(the defaults then, 8 and 2, label_smoothing's base runs / patience and lr_patience doubled, the defaults since).
+(the defaults then, 8 and 2, label_smoothing's base runs / patience and lr_patience doubled, the defaults since),
+lr (the defaults' 0.003, patience's patient runs / 0.0015 / 0.006).
 Each configuration sets every param the group varies, so a row is what its name says whatever
 params.yaml holds; one exception, slot_to_intent's off, sets nothing, because the runs it reuses were made before
 the param existed (their recorded params lack it): a new seed of it follows params.yaml. The groups before
@@ -134,6 +135,13 @@ GROUPS: dict[str, tuple[Config, ...]] = {
     "patience": (
         Config("base", ("train.patience=8", "train.lr_patience=2"), runs_as="label_smoothing-base"),
         Config("patient", ("train.patience=16", "train.lr_patience=4")),
+    ),
+    # Adam's starting learning rate (issue "quality": the learning-rate schedule), halved and doubled around the
+    # defaults' 0.003 (patience's patient runs, the defaults since; patience is set so a row stays what it says)
+    "lr": (
+        Config("base", ("train.lr=0.003", "train.patience=16", "train.lr_patience=4"), runs_as="patience-patient"),
+        Config("lr-0.0015", ("train.lr=0.0015", "train.patience=16", "train.lr_patience=4")),
+        Config("lr-0.006", ("train.lr=0.006", "train.patience=16", "train.lr_patience=4")),
     ),
 }
 SELECT_ON = "dev_sentence_accuracy"  # the headline dev metric (train.early_stop_metric's default)
