@@ -223,8 +223,9 @@ TEXTS = ["Play the Beatles on Spotify now", "  wake me up at 7 am\t", "the by no
     dict(tag_decoder="crf", intent_level="token", intent_to_tags=False, max_len=4, overlong="window"),
     dict(tag_decoder="crf", slot_to_intent=True),
     dict(tag_decoder="softmax", slot_to_intent=True, intent_level="token", char_dim=0),
+    dict(tag_decoder="crf", slot_to_intent=True, intent_to_tags=False),
 ], ids=["crf", "truncate", "window-nochars", "softmax", "softmax-free", "multi", "token-intent",
-        "token-intent-window", "slot-to-intent", "slot-to-intent-token"])
+        "token-intent-window", "slot-to-intent", "slot-to-intent-token", "slot-to-intent-free"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_every_model_variant_and_overlong_policy_predicts_as_the_reference(tmp_path, cfg, backend):
     """Random weights, stop-word removal, windows, truncation, no char CNN, both tag heads, multi-label."""

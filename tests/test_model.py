@@ -261,6 +261,19 @@ def test_slot_to_intent_reads_the_tag_heads_view_of_the_states_and_keeps_the_che
     torch.testing.assert_close(moved_state_part, ref)  # off: the intent never reads the tag head
 
 
+def test_slot_to_intent_without_intent_to_tags_leaves_the_tag_scores_as_the_tag_head_gives_them():
+    # The tag head then reads the encoder states alone, which slot_to_intent has scored already: the tag scores
+    # must be the tag head's own, exactly as without slot_to_intent (same encoder and tag head weights).
+    plain, vocabs = make(tiny_config(intent_to_tags=False))
+    slot, _ = make(tiny_config(intent_to_tags=False, slot_to_intent=True))
+    shared = {k: v for k, v in plain.state_dict().items() if not k.startswith("intent_head.")}
+    slot.load_state_dict(shared, strict=False)
+    plain.eval(), slot.eval()
+    b = batch(vocabs, SENTS)
+    with torch.no_grad():
+        torch.testing.assert_close(slot(*b)[1], plain(*b)[1], rtol=0, atol=0)
+
+
 TRAIN = [(["play", "the", "beatles"], "Play", ["O", "O", "B-a"]),
          (["wake", "me", "up", "at", "seven"], "Wake", ["O", "O", "O", "O", "B-b"]),
          (["play", "queen", "loudly", "now"], "Play", ["O", "B-a", "O", "O"]),

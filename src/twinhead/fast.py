@@ -253,12 +253,13 @@ def build_onnx(model: JointModel) -> bytes:
     axis1 = const("axes_1", np.array([1], dtype=np.int64))
     count_ = node("Max", [node("ReduceSum", [mf, axis1], keepdims=0), const("one_f32", np.array(1.0, np.float32))])
     mlp = model.intent_head.mlp
-    s = h  # what the intent head reads: the states, and with slot_to_intent the tag distribution (JointModel.slot_view)
+    s = h  # what the intent head reads: the states, and with slot_to_intent the tag distribution (JointModel.forward)
+    own = None  # slot_to_intent: the tag head's scores from the states alone (JointModel.slot_scores)
     if cfg.slot_to_intent:
         proj = model.tag_head.proj
         w = const("slot.weight_t", f32(proj.weight)[:, : 2 * hidden].T.copy())
-        q = node("Softmax", [node("Add", [node("MatMul", [h, w]), const("slot.bias", f32(proj.bias))])], axis=-1)
-        s = node("Concat", [h, q], axis=-1)  # (B, T, 2H + K)
+        own = node("Add", [node("MatMul", [h, w]), const("slot.bias", f32(proj.bias))])  # (B, T, K)
+        s = node("Concat", [h, node("Softmax", [own], axis=-1)], axis=-1)  # (B, T, 2H + K)
     if cfg.intent_level == "token":  # an intent distribution per token; the sentence's is their mean (its log)
         z = node("Relu", [linear(s, mlp[0], "intent.0")])
         p = node("Mul", [node("Softmax", [linear(z, mlp[3], "intent.3")], axis=-1), mf])  # (B, T, L), 0 at padding
@@ -282,7 +283,8 @@ def build_onnx(model: JointModel) -> bytes:
         n_out = np.array([model.intent_head.n_labels], dtype=np.int64)
         p = node("Expand", [p, node("Concat", [tb, const("n_out", n_out)], axis=0)])  # (B, T, L)
         h = node("Concat", [h, p], axis=-1)
-    scores = linear(h, model.tag_head.proj, "tags")  # (B, T, K)
+    # without intent_to_tags the tag head reads the states alone, which slot_to_intent has scored already
+    scores = own if own is not None and not cfg.intent_to_tags else linear(h, model.tag_head.proj, "tags")
     nodes.append(helper.make_node("Identity", [scores], ["tag_scores"]))
     outputs = [helper.make_tensor_value_info("intent_logits", TensorProto.FLOAT, ["B", "L"]),
                helper.make_tensor_value_info("tag_scores", TensorProto.FLOAT, ["B", "T", "K"])]

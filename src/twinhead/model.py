@@ -232,7 +232,8 @@ class JointModel(nn.Module):
         h = self.drop(h)
         # Pool over real tokens only: padding positions never enter the sentence vector.
         m = mask.unsqueeze(-1)  # (B, T, 1)
-        s = torch.cat([h, self.slot_view(h)], -1) if self.cfg.slot_to_intent else h  # what the intent reads
+        own = self.slot_scores(h) if self.cfg.slot_to_intent else None  # the tag head's scores from h alone
+        s = torch.cat([h, torch.softmax(own, -1)], -1) if own is not None else h  # what the intent reads
         if self.cfg.intent_level == "token":
             p = torch.softmax(self.intent_head(s), -1) * m  # (B, T, L), zero at padding
             # The sentence's distribution is the tokens' mean; its log is a logit whose softmax gives it back.
@@ -244,15 +245,16 @@ class JointModel(nn.Module):
             if self.cfg.intent_to_tags:
                 p = self.intent_head.probs(intent_logits).unsqueeze(1).expand(-1, h.shape[1], -1)  # (B, T, L)
         if self.cfg.intent_to_tags:
-            h = torch.cat([h, p], -1)
-        tag_scores = self.tag_head(h)  # (B, T, K)
+            tag_scores = self.tag_head(torch.cat([h, p], -1))  # (B, T, K)
+        else:  # the tag head reads h alone: slot_to_intent's scores are already its output
+            tag_scores = own if own is not None else self.tag_head(h)
         return intent_logits, tag_scores
 
-    def slot_view(self, h: torch.Tensor) -> torch.Tensor:
-        """slot_to_intent's input: the tag head's distribution over tags at each token (B, T, K), its scores from
-        the encoder states alone (the part of its weights that reads them, without the intent input)."""
+    def slot_scores(self, h: torch.Tensor) -> torch.Tensor:
+        """slot_to_intent's input before its softmax: the tag head's scores at each token (B, T, K) from the
+        encoder states alone (the part of its weights that reads them, without the intent input)."""
         proj = self.tag_head.proj
-        return torch.softmax(nn.functional.linear(h, proj.weight[:, : h.shape[-1]], proj.bias), -1)
+        return nn.functional.linear(h, proj.weight[:, : h.shape[-1]], proj.bias)
 
     def decode_tags(self, tag_scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Tag ids (B, T), by the tag head's decoder."""
