@@ -1,11 +1,13 @@
 """Training throughput: the real train_step (twinhead.train) timed per batch, per thread count and loss rule.
 
 Usage: python benchmarks/train_speed.py [--threads 1 2] [--batches 60] [--rules sum grad_mean uncertainty pcgrad]
-                                       [--lstm-routes split packed]
+                                       [--lstm-routes split packed] [--batch-sizes 32 64 128]
 Reads data/processed and data/vocab (run `dvc repro vocab` first) and the model/train params. `build ms` is the
 part of a batch spent making its tensors (TrainData.batch); `mixed` counts the timed batches holding sentences of
 more than one length. --lstm-routes: `split` is the library's route on the CPU (a batch of a few lengths runs
-the LSTM once per length, unpacked), `packed` forces one packed call per batch (the route before).
+the LSTM once per length, unpacked), `packed` forces one packed call per batch (the route before). --batch-sizes:
+sentences per batch (default: train.batch_size); a torchrun process trains on 1/N of each batch, so the time of
+a batch of B/N in one process is what N processes pay per step before they average their gradients.
 """
 
 import argparse
@@ -31,16 +33,19 @@ def main() -> None:
     ap.add_argument("--rules", nargs="+", default=None, help="loss rules to time (default: params.yaml's)")
     ap.add_argument("--lstm-routes", nargs="+", default=["split"], choices=["split", "packed"],
                     help="how a batch of mixed lengths runs the LSTM on the CPU")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                    help="sentences per batch to time (default: params.yaml's train.batch_size)")
     args = ap.parse_args()
     p = load_config({"model": ModelConfig, "train": TrainConfig})
     mcfg, base = p["model"], p["train"]
     vocabs = Vocabs.load("data/vocab")
     train_df = load_split("data/processed", "train")
-    print(f"{'rule':12s} {'route':>6s} {'threads':>7s} {'ms/batch':>9s} {'build ms':>8s} {'mixed':>5s} "
+    print(f"{'rule':12s} {'route':>6s} {'threads':>7s} {'batch':>5s} {'ms/batch':>9s} {'build ms':>8s} {'mixed':>5s} "
           f"{'words/s':>9s} {'s/epoch':>8s}")
     split_max = model_module.SPLIT_MAX_LENGTHS
-    for rule, route, threads in itertools.product(args.rules or [base.loss_rule], args.lstm_routes, args.threads):
-        tcfg = dataclasses.replace(base, loss_rule=rule)
+    for rule, route, threads, size in itertools.product(args.rules or [base.loss_rule], args.lstm_routes,
+                                                        args.threads, args.batch_sizes or [base.batch_size]):
+        tcfg = dataclasses.replace(base, loss_rule=rule, batch_size=size)
         model_module.SPLIT_MAX_LENGTHS = split_max if route == "split" else 0
         torch.set_num_threads(threads)
         torch.manual_seed(0)
@@ -61,7 +66,7 @@ def main() -> None:
             measure = bool(tcfg.conflict_every) and step % tcfg.conflict_every == 0
             train_step(state, batch, tcfg, measure).floats()  # the epoch loop reads stats once per step too
         dt = time.perf_counter() - t0
-        print(f"{rule:12s} {route:>6s} {threads:7d} {dt / len(batches) * 1000:9.1f} "
+        print(f"{rule:12s} {route:>6s} {threads:7d} {size:5d} {dt / len(batches) * 1000:9.1f} "
               f"{build / len(batches) * 1000:8.2f} {mixed:5d} {words / dt:9.0f} {dt / len(batches) * n_epoch:8.1f}")
     model_module.SPLIT_MAX_LENGTHS = split_max
 
