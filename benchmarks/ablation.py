@@ -16,7 +16,8 @@ today's code / intent label smoothing 0.1), sentence_head (the defaults' softmax
 sigmoid per label atom), dropout (the defaults' 0.3, label_smoothing's base runs / 0.2 / 0.5), slot_to_intent (the
 defaults, label_smoothing's base runs / the intent head reading the tag head's distribution per token), patience
 (the defaults then, 8 and 2, label_smoothing's base runs / patience and lr_patience doubled, the defaults since),
-lr (the defaults' 0.003, patience's patient runs / 0.0015 / 0.006).
+lr (the defaults' 0.003, patience's patient runs / 0.0015 / 0.006), interaction (the defaults, patience's patient
+runs / token-level intent and slot-to-intent together).
 Each configuration sets every param the group varies, so a row is what its name says whatever
 params.yaml holds; one exception, slot_to_intent's off, sets nothing, because the runs it reuses were made before
 the param existed (their recorded params lack it): a new seed of it follows params.yaml. The groups before
@@ -142,6 +143,15 @@ GROUPS: dict[str, tuple[Config, ...]] = {
         Config("base", ("train.lr=0.003", "train.patience=16", "train.lr_patience=4"), runs_as="patience-patient"),
         Config("lr-0.0015", ("train.lr=0.0015", "train.patience=16", "train.lr_patience=4")),
         Config("lr-0.006", ("train.lr=0.006", "train.patience=16", "train.lr_patience=4")),
+    ),
+    # both directions of intent-slot interaction at once (issue "quality": the Co-Interactive Transformer's idea
+    # without its transformer), each measured alone before: token-level intent fed to the tagger and slot-to-intent,
+    # against the defaults (patience's patient runs)
+    "interaction": (
+        Config("base", ("model.intent_level=sentence", "model.slot_to_intent=false", "train.patience=16",
+                        "train.lr_patience=4"), runs_as="patience-patient"),
+        Config("both", ("model.intent_level=token", "model.slot_to_intent=true", "train.patience=16",
+                        "train.lr_patience=4")),
     ),
 }
 SELECT_ON = "dev_sentence_accuracy"  # the headline dev metric (train.early_stop_metric's default)
