@@ -19,6 +19,7 @@ import torch
 
 import twinhead.model as model_module
 from twinhead.checkpoint import build_model
+from twinhead.errors import run_main
 from twinhead.model import ModelConfig
 from twinhead.params import load_config
 from twinhead.preprocess import load_split
@@ -72,4 +73,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -93,3 +93,16 @@ def test_removed_first_word_of_an_entity_leaves_valid_bio_for_training(tmp_path)
     assert list(row["words"]) == ["play", "beatles"]
     assert list(row["word_tags"]) == ["O", "B-artist"]  # not the invalid I-artist after O
     assert list(row["tags"]) == ["O", "B-artist", "I-artist", "O"]  # gold on every token is untouched
+
+
+def test_a_missing_split_names_the_file_and_the_stage(tmp_path):
+    import pandas as pd
+
+    from twinhead.errors import DataError
+    from twinhead.preprocess import load_split
+
+    pd.DataFrame({"words": [["hi"]], "intent": ["greet"]}).to_parquet(tmp_path / "train.parquet")
+    assert load_split(tmp_path, "train")["intent"].tolist() == ["greet"]
+    with pytest.raises(DataError, match="dvc repro preprocess") as e:
+        load_split(tmp_path, "dev")
+    assert e.value.path == str(tmp_path / "dev.parquet")

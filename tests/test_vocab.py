@@ -104,3 +104,16 @@ def test_invalid_vocab_lists_are_refused():
         Vocab(["a", "a"], specials=False)
     with pytest.raises(ValueError, match="must start with <pad>, <unk>"):
         Vocab(["a", PAD, UNK], specials=True)
+
+
+def test_a_missing_vocabulary_names_the_file_and_the_stage(tmp_path):
+    from twinhead.errors import DataError
+
+    build_vocabs(WORDS, INTENTS, TAGS).save(tmp_path / "v")
+    (tmp_path / "v" / "tags.json").unlink()
+    with pytest.raises(DataError, match="dvc repro vocab") as e:
+        Vocabs.load(tmp_path / "v")
+    assert e.value.path == str(tmp_path / "v" / "tags.json")
+    with pytest.raises(DataError) as e:
+        Vocabs.load(tmp_path / "nowhere")
+    assert e.value.path.startswith(str(tmp_path / "nowhere"))

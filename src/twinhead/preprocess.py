@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from twinhead import fileio
+from twinhead.errors import DataError
 from twinhead.params import Name, section
 from twinhead.readers import SPLITS, DataConfig, Example, SplitReport, cross_validation_split, read_dataset
 from twinhead.text import TextPipeline, bio_to_spans, removable_stopwords, spans_to_bio
@@ -134,7 +135,10 @@ def write_outputs(out_dir: str | Path, frames: dict[str, pd.DataFrame], meta: di
 
 
 def load_split(processed: str | Path, split: str) -> pd.DataFrame:
-    return pd.read_parquet(Path(processed) / f"{split}.parquet", engine="pyarrow")
+    path = Path(processed) / f"{split}.parquet"
+    if not path.is_file():
+        raise DataError(f"no {split} split here: the preprocess stage writes it (`dvc repro preprocess`)", str(path))
+    return pd.read_parquet(path, engine="pyarrow")
 
 
 def dataset_identity(raw: Path) -> dict:

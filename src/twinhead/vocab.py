@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twinhead import fileio
+from twinhead.errors import DataError
 from twinhead.params import PosInt, section
 
 PAD, UNK = "<pad>", "<unk>"
@@ -65,6 +66,10 @@ class Vocabs:
     @classmethod
     def load(cls, folder: str | Path) -> Vocabs:
         folder = Path(folder)
+        for name in VOCAB_FILES:
+            if not (folder / f"{name}.json").is_file():
+                raise DataError("no vocabulary file here: the vocab stage writes it (`dvc repro vocab`)",
+                                str(folder / f"{name}.json"))
         return cls.from_lists({n: fileio.read_json(folder / f"{n}.json") for n in VOCAB_FILES})
 
     @classmethod
