@@ -48,6 +48,7 @@ def main() -> None:
                                                         args.threads, args.batch_sizes or [base.batch_size]):
         tcfg = dataclasses.replace(base, loss_rule=rule, batch_size=size)
         model_module.SPLIT_MAX_LENGTHS = split_max if route == "split" else 0
+        torch.set_flush_denormal(base.flush_denormal)  # as training does (twinhead.train.set_determinism)
         torch.set_num_threads(threads)
         torch.manual_seed(0)
         model = build_model(mcfg.to_dict(), vocabs)

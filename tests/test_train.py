@@ -275,3 +275,17 @@ def test_a_batch_holds_collates_tensors_and_the_tags_padded_with_the_ignore_inde
     assert batch.lengths.tolist() == [len(tags[i]) for i in idx]
     for r, i in enumerate(idx):
         assert batch.tags[r].tolist() == tags[i] + [-100] * (words.shape[1] - len(tags[i]))
+
+
+def test_flush_denormal_makes_training_compute_denormals_as_zero_and_off_restores_them(data):
+    tr, dev, vocabs = data
+    probes = []
+
+    def probe(row):  # a float32 denormal times one: 0 under flush-to-zero, itself otherwise
+        probes.append((torch.tensor([1e-39]) * 1.0).item())
+
+    for flush in (True, False):
+        train(tr, dev, vocabs, MCFG, TrainConfig(epochs=1, batch_size=16, flush_denormal=flush), seed=1,
+              on_epoch=probe, progress=False)
+    assert probes[0] == 0.0
+    assert probes[1] == pytest.approx(1e-39, rel=1e-3)  # and the process's default is back

@@ -82,6 +82,9 @@ class TrainConfig:
     device: Annotated[str, AfterValidator(_device_name)] = "auto"  # auto: CUDA when present, else CPU
     deterministic: bool = True  # deterministic kernels (on GPU: cuDNN deterministic, see README)
     threads: NonNegInt = 1  # CPU threads for torch per process; 0 = torch's default (one per core)
+    # CPU: float32 values below 1.2e-38 (denormals) read and written as 0; Adam's moments of rarely seen words
+    # and dead units decay into them, and some CPUs compute on them several times slower (README, "CPU threads")
+    flush_denormal: bool = True
     eval_batch_size: PosInt = 256
     tasks: Annotated[list[Literal["intent", "tags"]], Field(min_length=1, max_length=2)] = \
         dataclasses.field(default_factory=lambda: ["intent", "tags"])  # one of them: a single-task model
@@ -130,6 +133,9 @@ def set_determinism(seed: int, tcfg: TrainConfig, rank: int = 0) -> None:
     np.random.seed(seed)
     # Rank 0 draws what a single process draws; the others their own dropout masks (not rank 0's copies).
     torch.manual_seed(seed if rank == 0 else seed + 1_000_003 * rank)
+    # Per thread, for the whole process (like the thread count): torch's worker threads started after this
+    # inherit it, the ones already running do not (one thread, the default, has none).
+    torch.set_flush_denormal(tcfg.flush_denormal)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     if tcfg.deterministic:
