@@ -11,6 +11,11 @@ PYTHON_MIN := $(patsubst >=%,%,$(shell sed -n 's/^requires-python *= *"\(.*\)"/\
 #   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
+# The pip that installs the locks. The system's pip 23.2 fails on them once PyPI has a release newer than a
+# pin that another package asks for with an extra (weasel needs smart-open[http]; smart-open 9.0.4 came
+# out after the lock pinned 9.0.2): "In --require-hashes mode, all requirements must have their versions
+# pinned". pip 25.3 resolves the pinned version.
+PIP         ?= pip==25.3
 # The PATH make was started with: the python that creates the venv is looked up there, never in the venv.
 SYSTEM_PATH := $(PATH)
 export PATH := $(abspath $(BIN)):$(PATH)
@@ -36,6 +41,7 @@ python:
 # lock leaves torch out, so the build installed first is kept. Then this package, without deps.
 $(BIN)/.installed: pyproject.toml requirements.lock requirements-dev.lock
 	@test -x $(BIN)/python || { py=$$($(find_python)) && echo "$$py -m venv $(VENV)" && "$$py" -m venv $(VENV); }
+	$(BIN)/python -m pip install -q "$(PIP)"
 	$(BIN)/python -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 	$(BIN)/python -m pip install --require-hashes -r requirements-dev.lock
 	$(BIN)/python -m pip install --no-deps -e .
