@@ -2,12 +2,15 @@
 
 Usage: python benchmarks/train_speed.py [--threads 1 2] [--batches 60] [--rules sum grad_mean uncertainty pcgrad]
                                        [--lstm-routes split packed] [--batch-sizes 32 64 128]
+                                       [--flush-denormal on off] [--state models/resume/state.pt]
 Reads data/processed and data/vocab (run `dvc repro vocab` first) and the model/train params. `build ms` is the
 part of a batch spent making its tensors (TrainData.batch); `mixed` counts the timed batches holding sentences of
 more than one length. --lstm-routes: `split` is the library's route on the CPU (a batch of a few lengths runs
 the LSTM once per length, unpacked), `packed` forces one packed call per batch (the route before). --batch-sizes:
 sentences per batch (default: train.batch_size); a torchrun process trains on 1/N of each batch, so the time of
-a batch of B/N in one process is what N processes pay per step before they average their gradients.
+a batch of B/N in one process is what N processes pay per step before they average their gradients. --state:
+start from a run's weights and Adam moments instead of fresh ones (denormal floats build up in the moments as
+training goes on; --flush-denormal on off times both ways).
 """
 
 import argparse
@@ -18,7 +21,7 @@ import time
 import torch
 
 import twinhead.model as model_module
-from twinhead.checkpoint import build_model
+from twinhead.checkpoint import build_model, safe_torch_load
 from twinhead.errors import run_main
 from twinhead.model import ModelConfig
 from twinhead.params import load_config
@@ -36,25 +39,37 @@ def main() -> None:
                     help="how a batch of mixed lengths runs the LSTM on the CPU")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=None,
                     help="sentences per batch to time (default: params.yaml's train.batch_size)")
+    ap.add_argument("--flush-denormal", nargs="+", default=None, choices=["on", "off"],
+                    help="float32 denormals computed as zero or not (default: params.yaml's train.flush_denormal)")
+    ap.add_argument("--state", default=None,
+                    help="start from the weights and optimizer moments of a training state the train stage saved "
+                         "(models/resume/state.pt, left by a killed run) instead of fresh ones")
     args = ap.parse_args()
     p = load_config({"model": ModelConfig, "train": TrainConfig})
     mcfg, base = p["model"], p["train"]
     vocabs = Vocabs.load("data/vocab")
     train_df = load_split("data/processed", "train")
-    print(f"{'rule':12s} {'route':>6s} {'threads':>7s} {'batch':>5s} {'ms/batch':>9s} {'build ms':>8s} {'mixed':>5s} "
-          f"{'words/s':>9s} {'s/epoch':>8s}")
+    saved = safe_torch_load(args.state) if args.state else None
+    flushes = [f == "on" for f in args.flush_denormal] if args.flush_denormal else [base.flush_denormal]
+    print(f"{'rule':12s} {'route':>6s} {'threads':>7s} {'batch':>5s} {'flush':>5s} {'ms/batch':>9s} {'build ms':>8s} "
+          f"{'mixed':>5s} {'words/s':>9s} {'s/epoch':>8s}")
     split_max = model_module.SPLIT_MAX_LENGTHS
-    for rule, route, threads, size in itertools.product(args.rules or [base.loss_rule], args.lstm_routes,
-                                                        args.threads, args.batch_sizes or [base.batch_size]):
+    for rule, route, threads, size, flush in itertools.product(args.rules or [base.loss_rule], args.lstm_routes,
+                                                               args.threads, args.batch_sizes or [base.batch_size],
+                                                               flushes):
         tcfg = dataclasses.replace(base, loss_rule=rule, batch_size=size)
         model_module.SPLIT_MAX_LENGTHS = split_max if route == "split" else 0
-        torch.set_flush_denormal(base.flush_denormal)  # as training does (twinhead.train.set_determinism)
+        torch.set_flush_denormal(flush)  # as training does (twinhead.train.set_determinism)
         torch.set_num_threads(threads)
         torch.manual_seed(0)
         model = build_model(mcfg.to_dict(), vocabs)
         data = TrainData(train_df, vocabs, mcfg, model.intent_targets)
         n_epoch = len(data.batches(tcfg.batch_size, torch.Generator().manual_seed(0)))
         state = new_state(model, tcfg, n_epoch, seed=0)
+        if saved is not None:  # the state's params must be these (the same shapes); its epoch count is not used
+            model.load_state_dict(saved["model"])
+            state.optimizer.load_state_dict(saved["optimizer"])
+            state.rule.load_state_dict(saved["rule"])
         model.train()
         batches = data.batches(tcfg.batch_size, state.gen)[: args.batches]
         words, build = 0, 0.0
@@ -68,8 +83,9 @@ def main() -> None:
             measure = bool(tcfg.conflict_every) and step % tcfg.conflict_every == 0
             train_step(state, batch, tcfg, measure).floats()  # the epoch loop reads stats once per step too
         dt = time.perf_counter() - t0
-        print(f"{rule:12s} {route:>6s} {threads:7d} {size:5d} {dt / len(batches) * 1000:9.1f} "
-              f"{build / len(batches) * 1000:8.2f} {mixed:5d} {words / dt:9.0f} {dt / len(batches) * n_epoch:8.1f}")
+        print(f"{rule:12s} {route:>6s} {threads:7d} {size:5d} {'on' if flush else 'off':>5s} "
+              f"{dt / len(batches) * 1000:9.1f} {build / len(batches) * 1000:8.2f} {mixed:5d} {words / dt:9.0f} "
+              f"{dt / len(batches) * n_epoch:8.1f}")
     model_module.SPLIT_MAX_LENGTHS = split_max
 
 
