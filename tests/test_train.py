@@ -208,6 +208,37 @@ def test_bf16_runs_the_training_forward_in_bfloat16_and_still_learns(data):
     assert first["train_loss"] == pytest.approx(fp32.history[0]["train_loss"], rel=0.02)
 
 
+def test_bf16_on_a_cpu_without_a_bf16_lstm_runs_the_lstm_in_float32_and_warns(data, monkeypatch):
+    """On a CPU without bfloat16 instructions (AVX2) oneDNN cannot build a bf16 LSTM and training crashed deep
+    inside torch. Now the forward runs without oneDNN there: the LSTM in float32, the linear layers in bfloat16,
+    one warning naming the param, and oneDNN is back on after each step. Forced here with the probe patched,
+    so it runs on any CPU."""
+    import twinhead.train as train_mod
+
+    monkeypatch.setattr(train_mod, "cpu_bf16_lstm", lambda: False)
+    train_mod._warn_no_bf16_lstm.cache_clear()
+    tr, dev, vocabs = data
+    seen: dict[type, set] = {torch.nn.LSTM: set(), torch.nn.Linear: set()}
+    onednn_inside: set[bool] = set()
+
+    def record(module, args, out):
+        if module.training and type(module) in seen:
+            seen[type(module)].add((out[0] if isinstance(out, tuple) else out).dtype)
+            onednn_inside.add(torch.backends.mkldnn.enabled)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        with pytest.warns(UserWarning, match="train.precision=bf16: this CPU has no bfloat16 LSTM kernel"):
+            out = train(tr, dev, vocabs, MCFG, TrainConfig(epochs=2, batch_size=16, lr=0.01, patience=0,
+                                                           precision="bf16"), seed=6, progress=False)
+    finally:
+        handle.remove()
+        train_mod._warn_no_bf16_lstm.cache_clear()
+    assert seen == {torch.nn.LSTM: {torch.float32}, torch.nn.Linear: {torch.bfloat16}}
+    assert onednn_inside == {False} and torch.backends.mkldnn.enabled
+    assert out.history[-1]["train_loss"] < out.history[0]["train_loss"]
+
+
 def test_average_weights_is_the_elementwise_mean_and_keeps_integer_tensors():
     a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
     b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(5)}

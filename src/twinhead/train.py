@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import random
 import re
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -450,11 +452,50 @@ def new_state(model: JointModel, tcfg: TrainConfig, steps_per_epoch: int, seed: 
     return TrainState(model, opt, sched, rule, gen, sync)
 
 
+@functools.cache
+def cpu_bf16_lstm() -> bool:
+    """Whether this CPU runs an LSTM under bfloat16 autocast: oneDNN builds that kernel only where the CPU has
+    bfloat16 instructions (AVX-512 BF16, AMX); on others (AVX2) it raises "could not create a primitive
+    descriptor for the LSTM forward propagation primitive". Probed once, on a 1-word LSTM."""
+    lstm = nn.LSTM(2, 2, batch_first=True)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(torch.zeros(1, 1, 2))
+    except RuntimeError:
+        return False
+    return True
+
+
+@functools.cache
+def _warn_no_bf16_lstm() -> None:
+    warnings.warn("train.precision=bf16: this CPU has no bfloat16 LSTM kernel (oneDNN needs AVX-512 BF16 or "
+                  "AMX); the LSTM runs in float32, the other layers in bfloat16", stacklevel=4)
+
+
+@contextlib.contextmanager
+def _without_onednn():
+    """oneDNN off for the block: torch's own CPU kernels run (its LSTM computes in float32 under autocast)."""
+    was = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = was
+
+
 def autocast(device: torch.device, precision: str):
-    """The forward pass's precision: bf16 runs it under torch.autocast (CPU and CUDA); fp32 changes nothing."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """The forward pass's precision: bf16 runs it under torch.autocast (CPU and CUDA); fp32 changes nothing.
+    On a CPU without bfloat16 instructions oneDNN cannot run the LSTM in bf16: the forward then runs without
+    oneDNN, so the LSTM computes in float32 and the rest (linear layers, CNN) in bfloat16, with a warning."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    if device.type == "cpu" and not cpu_bf16_lstm():
+        _warn_no_bf16_lstm()
+        stack = contextlib.ExitStack()
+        stack.enter_context(_without_onednn())
+        stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+        return stack
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def train_step(state: TrainState, batch: Batch, tcfg: TrainConfig, measure_conflict: bool = False) -> StepStats:
