@@ -3,6 +3,7 @@
 Usage: python benchmarks/train_speed.py [--threads 1 2] [--batches 60] [--rules sum grad_mean uncertainty pcgrad]
                                        [--lstm-routes split packed] [--batch-sizes 32 64 128]
                                        [--flush-denormal on off] [--state models/resume/state.pt]
+       python benchmarks/train_speed.py --denormal-multiply
 Reads data/processed and data/vocab (run `dvc repro vocab` first) and the model/train params. `build ms` is the
 part of a batch spent making its tensors (TrainData.batch); `mixed` counts the timed batches holding sentences of
 more than one length. --lstm-routes: `split` is the library's route on the CPU (a batch of a few lengths runs
@@ -30,6 +31,25 @@ from twinhead.train import TrainConfig, TrainData, new_state, train_step
 from twinhead.vocab import Vocabs
 
 
+def denormal_multiply(n: int = 10**6, reps: int = 30) -> None:
+    """ms for x * 0.9 over n float32s, best of reps, one thread: denormal (1e-39) and normal (1e-3) inputs."""
+    torch.set_num_threads(1)
+    print(f"{'input':>9s} {'flush':>5s} {'ms':>7s}")
+    for name, value in (("denormal", 1e-39), ("normal", 1e-3)):
+        x = torch.full((n,), value)
+        for flush in (False, True):
+            torch.set_flush_denormal(flush)
+            best = min(_timed(torch.mul, x, 0.9) for _ in range(reps))
+            print(f"{name:>9s} {'on' if flush else 'off':>5s} {best * 1000:7.3f}")
+    torch.set_flush_denormal(False)
+
+
+def _timed(fn, *args) -> float:
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch CPU thread counts to time")
@@ -44,7 +64,12 @@ def main() -> None:
     ap.add_argument("--state", default=None,
                     help="start from the weights and optimizer moments of a training state the train stage saved "
                          "(models/resume/state.pt, left by a killed run) instead of fresh ones")
+    ap.add_argument("--denormal-multiply", action="store_true",
+                    help="only time a float32 multiply over 1e6 denormal and normal numbers, flush off and on: "
+                         "whether this CPU is slow on denormals at all")
     args = ap.parse_args()
+    if args.denormal_multiply:
+        return denormal_multiply()
     p = load_config({"model": ModelConfig, "train": TrainConfig})
     mcfg, base = p["model"], p["train"]
     vocabs = Vocabs.load("data/vocab")
