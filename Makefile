@@ -11,11 +11,11 @@ PYTHON_MIN := $(patsubst >=%,%,$(shell sed -n 's/^requires-python *= *"\(.*\)"/\
 #   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
-# The pip that installs the locks. The system's pip 23.2 fails on them once PyPI has a release newer than a
-# pin that another package asks for with an extra (weasel needs smart-open[http]; smart-open 9.0.4 came
-# out after the lock pinned 9.0.2): "In --require-hashes mode, all requirements must have their versions
-# pinned". pip 25.3 resolves the pinned version.
-PIP         ?= pip==25.3
+# The pip that installs the locks: the one the dev lock pins (pip 25.3 today). The system's pip 23.2 fails on
+# them once PyPI has a release newer than a pin that another package asks for with an extra (weasel needs
+# smart-open[http]; smart-open 9.0.4 came out after the lock pinned 9.0.2): "In --require-hashes mode, all
+# requirements must have their versions pinned". pip 25.3 resolves the pinned version.
+PIP         ?= $(shell sed -n 's/^\(pip==[^ ]*\) .*/\1/p' requirements-dev.lock)
 # The PATH make was started with: the python that creates the venv is looked up there, never in the venv.
 SYSTEM_PATH := $(PATH)
 export PATH := $(abspath $(BIN)):$(PATH)

@@ -91,7 +91,9 @@ def main() -> None:
         data = TrainData(train_df, vocabs, mcfg, model.intent_targets)
         n_epoch = len(data.batches(tcfg.batch_size, torch.Generator().manual_seed(0)))
         state = new_state(model, tcfg, n_epoch, seed=0)
-        if saved is not None:  # the state's params must be these (the same shapes); its epoch count is not used
+        # The state's params must be these (the same shapes). Not state.load_state_dict: that also restores the
+        # run's batch RNG, and each row should time the same batches as the fresh ones.
+        if saved is not None:
             model.load_state_dict(saved["model"])
             state.optimizer.load_state_dict(saved["optimizer"])
             state.rule.load_state_dict(saved["rule"])
