@@ -1,4 +1,7 @@
-"""`twinhead predict` driven as a user does: a subprocess with files, stdin pipes and signals."""
+"""`twinhead predict` driven as a user does: files, stdin, exit codes and stderr lines; a subprocess where the
+process itself is under test (pipes that stay open, signals, a closed stdout, the console's encoding, the
+environment) and in this process elsewhere (the same `main`, without paying torch's and spaCy's imports per
+run: about 5 s each on a slow CPU)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -45,10 +49,45 @@ def command(bundle: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "twinhead.cli", "predict", "--bundle", str(bundle), "--quiet", *args]
 
 
-def cli(bundle: Path, *args: str, stdin: bytes = b"", cwd: Path | None = None,
-        extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(command(bundle, *args), input=stdin, capture_output=True, cwd=cwd, timeout=TIMEOUT,
-                          env={**env(), **(extra_env or {})})
+def cli(bundle: Path, *args: str, stdin: bytes = b"", cwd: Path | None = None, extra_env: dict | None = None,
+        process: bool = False) -> subprocess.CompletedProcess:
+    """`twinhead predict --bundle BUNDLE --quiet ARGS`: in a new process with process=True or extra_env, else
+    in this one (the CLI's main under its run_main, stdin, stdout and stderr as bytes, the exit code)."""
+    if process or extra_env is not None:
+        return subprocess.run(command(bundle, *args), input=stdin, capture_output=True, cwd=cwd, timeout=TIMEOUT,
+                              env={**env(), **(extra_env or {})})
+    return cli_in_process(command(bundle, *args)[3:], stdin, cwd)
+
+
+def cli_in_process(argv: list[str], stdin: bytes, cwd: Path | None) -> subprocess.CompletedProcess:
+    import contextlib
+    import io
+
+    import torch
+
+    from twinhead.cli import main
+    from twinhead.errors import run_main
+
+    out, err = io.BytesIO(), io.BytesIO()
+    text_out, text_err = (io.TextIOWrapper(b, encoding="utf-8", write_through=True) for b in (out, err))
+    text_in = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
+    threads, here = torch.get_num_threads(), os.getcwd()  # the CLI sets the thread count (--threads)
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with (mock.patch.object(sys, "stdin", text_in), contextlib.redirect_stdout(text_out),
+              contextlib.redirect_stderr(text_err)):
+            try:
+                run_main(lambda: main(argv))
+                code = 0
+            except SystemExit as e:  # run_main and argparse end with sys.exit
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        os.chdir(here)
+        torch.set_num_threads(threads)
+    text_out.flush()
+    text_err.flush()
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def rows(out: bytes) -> list[dict]:
@@ -109,7 +148,7 @@ def test_jsonl_suffix_in_any_case_is_read_as_jsonl(bundle, expected, tmp_path, n
 
 
 def test_stdin_dash(bundle, expected):
-    res = cli(bundle, "--input", "-", "--batch-size", "3", stdin="\n".join(TEXTS).encode("utf-8"))
+    res = cli(bundle, "--input", "-", "--batch-size", "3", stdin="\n".join(TEXTS).encode("utf-8"), process=True)
     assert res.returncode == 0, res.stderr
     assert_predictions(rows(res.stdout), TEXTS, expected)
 
@@ -132,7 +171,7 @@ def test_json_file_with_explicit_format_is_read(bundle, expected, tmp_path):
 
 
 def test_texts_as_arguments_unchanged(bundle, expected):
-    res = cli(bundle, TEXTS[0])
+    res = cli(bundle, TEXTS[0], process=True)  # a real console script: stdout is UTF-8 whatever the locale
     assert res.returncode == 0, res.stderr
     assert_predictions([json.loads(res.stdout)], TEXTS[:1], expected)
     assert res.stdout.decode().startswith('{\n  "text"')  # one text: indented JSON
