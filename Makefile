@@ -53,8 +53,12 @@ data: setup
 repro: data
 	dvc repro
 
+# On every core (pytest-xdist), each test file on one worker: a module's fixtures (a trained bundle, the MLflow
+# experiments of tests/test_mlflow_e2e.py) are built once. The files in collection order, which puts the slow
+# end-to-end modules first (tests/conftest.py). PYTEST_ARGS= runs the suite in one process.
+PYTEST_ARGS ?= -n auto --dist loadfile --no-loadscope-reorder
 test: data browser java
-	python -m pytest -q
+	python -m pytest -q $(PYTEST_ARGS)
 
 # Headless Chromium (Debian's package) for the tests that render HTML in a real browser.
 browser:

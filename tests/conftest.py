@@ -22,6 +22,21 @@ TINY_PARAMS = {
 }
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """pytest-xdist, on the controller: tell each worker how the tests are shared (a worker's own --dist is
+    reset to "no"); tests/test_properties.py compares its counts only when a worker runs the whole module."""
+    node.workerinput["twinhead_dist"] = node.config.getoption("dist")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The modules holding an end-to-end test first, in their order, each module's tests in theirs: with `make
+    test`'s `--dist loadfile --no-loadscope-reorder` the slow modules start at once on the workers instead of
+    last (pytest-xdist's own order puts the modules with the most tests first: the slow ones have few)."""
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("e2e") is not None}
+    items.sort(key=lambda item: item.module.__name__ not in slow)
+
+
 def snips_sample(dest: Path, n: dict[str, int] | None = None) -> Path:
     """n evenly spaced lines of each SNIPS split (the files are sorted by intent), BIO folder format."""
     n = n or {"train": 240, "dev": 40, "test": 40}

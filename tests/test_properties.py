@@ -1125,8 +1125,8 @@ def _whole_module_ran(request) -> str:
     """Why the counts cannot be compared with README.md ('' when they can)."""
     if SCALE != 1:
         return f"TWINHEAD_PROP_SCALE={SCALE:g}: README.md states the counts of the default scale"
-    if hasattr(request.config, "workerinput"):
-        return "pytest-xdist: each worker counts only its own share"
+    if getattr(request.config, "workerinput", {}).get("twinhead_dist", "loadfile") != "loadfile":
+        return "pytest-xdist without --dist loadfile: this module's tests are shared among the workers"
     selected = {item.nodeid for item in request.session.items}
     module = [item.nodeid for item in request.node.parent.collect() if isinstance(item, pytest.Item)]
     left_out = [n for n in module if n not in selected]
