@@ -45,8 +45,12 @@ def env() -> dict[str, str]:
     return e
 
 
+def predict_argv(bundle: Path, *args: str) -> list[str]:
+    return ["predict", "--bundle", str(bundle), "--quiet", *args]
+
+
 def command(bundle: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "twinhead.cli", "predict", "--bundle", str(bundle), "--quiet", *args]
+    return [sys.executable, "-m", "twinhead.cli", *predict_argv(bundle, *args)]
 
 
 def cli(bundle: Path, *args: str, stdin: bytes = b"", cwd: Path | None = None, extra_env: dict | None = None,
@@ -56,7 +60,7 @@ def cli(bundle: Path, *args: str, stdin: bytes = b"", cwd: Path | None = None, e
     if process or extra_env is not None:
         return subprocess.run(command(bundle, *args), input=stdin, capture_output=True, cwd=cwd, timeout=TIMEOUT,
                               env={**env(), **(extra_env or {})})
-    return cli_in_process(command(bundle, *args)[3:], stdin, cwd)
+    return cli_in_process(predict_argv(bundle, *args), stdin, cwd)
 
 
 def cli_in_process(argv: list[str], stdin: bytes, cwd: Path | None) -> subprocess.CompletedProcess:
@@ -85,8 +89,6 @@ def cli_in_process(argv: list[str], stdin: bytes, cwd: Path | None) -> subproces
     finally:
         os.chdir(here)
         torch.set_num_threads(threads)
-    text_out.flush()
-    text_err.flush()
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
