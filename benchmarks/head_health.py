@@ -11,6 +11,11 @@ a dead unit passes no gradient and may never come back), the share of (sentence,
 model.intent_level token: (token, unit) pairs, and a unit is alive if any dev token makes it positive), the dev
 intent accuracy and the mean training intent loss since the last row (ln of the label count is chance).
 
+--hold-tags F (a lead, not a twinhead option): with train.loss_rule sum, the joint run trains with the tag loss
+weighted --hold-weight (0.01) until a moving average of the training intent loss (0.9 old, 0.1 new) falls below F
+times the entropy of train's intent distribution (the loss of answering the label frequencies), then with
+train.tag_weight; the step it switches is printed.
+
 --synthetic-intents N writes a generated JSONL dataset (N intents, 40 training sentences each, one word per
 intent that names it, slots whose values come from a vocabulary of their own; `--out`) and runs on that: a
 many-label data set on which the intent-only model is right after one epoch.
@@ -92,7 +97,14 @@ def health(model, dev_batch) -> tuple[int, float, float]:
     return int(active.any(0).sum()), active.float().mean().item(), acc
 
 
-def run(train_df, dev_df, vocabs: Vocabs, mcfg: ModelConfig, tcfg: TrainConfig, seed: int, epochs: int, name: str):
+def prior_entropy(intents) -> float:
+    """Cross-entropy of answering train's label frequencies: where the intent loss sits before it learns."""
+    freq = intents.value_counts(normalize=True)
+    return float(-(freq * freq.map(math.log)).sum())
+
+
+def run(train_df, dev_df, vocabs: Vocabs, mcfg: ModelConfig, tcfg: TrainConfig, seed: int, epochs: int, name: str,
+        hold: float = 0.0, hold_weight: float = 0.01):
     set_determinism(seed, tcfg)
     model = build_model(mcfg.to_dict(), vocabs)
     if not isinstance(model.intent_head.mlp[1], torch.nn.ReLU):
@@ -103,6 +115,10 @@ def run(train_df, dev_df, vocabs: Vocabs, mcfg: ModelConfig, tcfg: TrainConfig, 
     state = new_state(model, tcfg, len(data.batches(tcfg.batch_size, torch.Generator().manual_seed(0))), seed)
     hidden = model.intent_head.mlp[0].out_features
     step, losses = 0, []
+    holding = hold > 0 and "tags" in tcfg.tasks
+    if holding:
+        level, ema = hold * prior_entropy(train_df["intent"]), None
+        state.rule.weights["tags"] = hold_weight
 
     def show(when: str) -> None:
         alive, share, acc = health(model, dev_batch)
@@ -116,6 +132,13 @@ def run(train_df, dev_df, vocabs: Vocabs, mcfg: ModelConfig, tcfg: TrainConfig, 
             batch = data.batch(idx, "cpu", tcfg.word_dropout, state.gen)
             losses.append(train_step(state, batch, tcfg).floats()["intent_loss"])
             step += 1
+            if holding:
+                ema = losses[-1] if ema is None else 0.9 * ema + 0.1 * losses[-1]
+                if ema < level:
+                    holding = False
+                    state.rule.weights["tags"] = tcfg.tag_weight
+                    print(f"{name:7s} tag loss weighted {tcfg.tag_weight} from step {step + 1} (intent loss average "
+                          f"{ema:.4f} < {level:.4f})", flush=True)
             if epoch == 1 and step in EARLY_STEPS:
                 show(f"step {step}")
         show(f"epoch {epoch}")
@@ -133,10 +156,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a model or train param (a YAML value), as params.yaml would")
+    ap.add_argument("--hold-tags", type=float, default=0.0, metavar="F",
+                    help="joint run: tag loss at --hold-weight until the intent loss average is below F times the "
+                         "prior's entropy (train.loss_rule sum only; see above)")
+    ap.add_argument("--hold-weight", type=float, default=0.01)
     args = ap.parse_args()
     p = apply_sets(load_config({"base": BaseConfig, "model": ModelConfig, "train": TrainConfig,
                                 "preprocess": PreprocessConfig}), args.set)
     mcfg, base = p["model"], p["train"]
+    if args.hold_tags and base.loss_rule != "sum":
+        raise TwinheadError(f"--hold-tags needs --set train.loss_rule=sum (the rule is {base.loss_rule!r}): it sets "
+                            f"the rule's fixed tag weight")
     if args.synthetic_intents:
         raw = synthetic(Path(args.out) / f"intents{args.synthetic_intents}", args.synthetic_intents, args.seed)
         frames, _, _, _ = preprocess(raw, None, p["preprocess"], args.seed)
@@ -149,11 +179,13 @@ def main() -> None:
         where = args.processed
     dev_df = known_rows(dev_df, vocabs)
     print(f"{where}: {len(train_df)} train, {len(dev_df)} dev sentences, {len(vocabs.intents)} intents "
-          f"(chance: intent loss {math.log(len(vocabs.intents)):.3f}), {len(vocabs.tags)} tags; "
+          f"(chance: intent loss {math.log(len(vocabs.intents)):.3f}; the label frequencies: "
+          f"{prior_entropy(train_df['intent']):.3f}), {len(vocabs.tags)} tags; "
           f"loss rule {base.loss_rule}, seed {args.seed}")
     print(f"{'tasks':7s} {'when':>12s} {'alive units':>11s} {'active':>7s} {'dev acc':>9s} {'intent loss':>12s}")
     for name in args.tasks:
-        run(train_df, dev_df, vocabs, mcfg, dataclasses.replace(base, tasks=TASKS[name]), args.seed, args.epochs, name)
+        run(train_df, dev_df, vocabs, mcfg, dataclasses.replace(base, tasks=TASKS[name]), args.seed, args.epochs, name,
+            args.hold_tags, args.hold_weight)
 
 
 if __name__ == "__main__":

@@ -89,3 +89,29 @@ def test_the_script_prints_both_runs_step_by_step(tmp_path):
     for r in rows:
         alive, hidden = map(int, r[-4].split("/"))
         assert 0 <= alive <= hidden == 16 and 0 <= float(r[-2]) <= 1
+
+
+def test_prior_entropy_is_the_loss_of_answering_the_label_frequencies():
+    import math
+
+    import pandas as pd
+
+    assert head_health.prior_entropy(pd.Series(["a", "b", "c", "d"])) == math.log(4)
+    assert head_health.prior_entropy(pd.Series(["a"] * 3 + ["b"])) == -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+
+
+def test_hold_tags_switches_to_the_tag_weight_once_the_intent_loss_is_below_the_level(tmp_path):
+    """A level above chance (F = 1.5) is reached at once: the tag loss takes its weight from step 2. The hold is
+    a sum-rule experiment: with the learned weights of `uncertainty` it is refused."""
+    base = [sys.executable, "benchmarks/head_health.py", "--synthetic-intents", "4", "--epochs", "1",
+            "--out", str(tmp_path), "--tasks", "joint", "--set", "model.hidden_size=8", "--set", "model.word_dim=8",
+            "--set", "model.char_dim=0", "--set", "model.num_layers=1", "--set", "train.batch_size=16"]
+    out = subprocess.run(base + ["--set", "train.loss_rule=sum", "--hold-tags", "1.5"], cwd=ROOT,
+                         env=env_with_venv(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    switched = [line for line in out.stdout.splitlines() if "tag loss weighted" in line]
+    assert len(switched) == 1 and "weighted 1.0 from step 2 " in switched[0]
+    out = subprocess.run(base + ["--set", "train.loss_rule=uncertainty", "--hold-tags", "0.9"], cwd=ROOT,
+                         env=env_with_venv(), capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "--hold-tags needs --set train.loss_rule=sum" in out.stderr
+    assert "Traceback" not in out.stderr
