@@ -164,6 +164,8 @@ def main() -> None:
     p = apply_sets(load_config({"base": BaseConfig, "model": ModelConfig, "train": TrainConfig,
                                 "preprocess": PreprocessConfig}), args.set)
     mcfg, base = p["model"], p["train"]
+    if mcfg.sentence_head != "single":
+        raise TwinheadError("this benchmark scores one intent per sentence: model.sentence_head must be single")
     if args.hold_tags and base.loss_rule != "sum":
         raise TwinheadError(f"--hold-tags needs --set train.loss_rule=sum (the rule is {base.loss_rule!r}): it sets "
                             f"the rule's fixed tag weight")

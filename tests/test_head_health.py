@@ -76,11 +76,16 @@ def test_health_counts_a_unit_alive_when_any_dev_sentence_makes_it_positive(tmp_
     assert model.training  # health() scores in eval mode and hands the model back in training mode
 
 
-def test_the_script_prints_both_runs_step_by_step(tmp_path):
+def run_tiny(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """The script on 4 generated intents (160 training sentences, 10 batches), one epoch of a small model."""
     cmd = [sys.executable, "benchmarks/head_health.py", "--synthetic-intents", "4", "--epochs", "1",
            "--out", str(tmp_path), "--set", "model.hidden_size=8", "--set", "model.word_dim=8",
-           "--set", "model.char_dim=0", "--set", "model.num_layers=1", "--set", "train.batch_size=16"]
-    out = subprocess.run(cmd, cwd=ROOT, env=env_with_venv(), capture_output=True, text=True, timeout=300)
+           "--set", "model.char_dim=0", "--set", "model.num_layers=1", "--set", "train.batch_size=16", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env_with_venv(), capture_output=True, text=True, timeout=300)
+
+
+def test_the_script_prints_both_runs_step_by_step(tmp_path):
+    out = run_tiny(tmp_path)
     assert out.returncode == 0, out.stderr
     rows = [line.split() for line in out.stdout.splitlines() if line.startswith(("joint", "intent "))]
     # start, steps 1, 5 and 10 of the 10 batches, the end of epoch 1; for each of the two runs
@@ -103,15 +108,10 @@ def test_prior_entropy_is_the_loss_of_answering_the_label_frequencies():
 def test_hold_tags_switches_to_the_tag_weight_once_the_intent_loss_is_below_the_level(tmp_path):
     """A level above chance (F = 1.5) is reached at once: the tag loss takes its weight from step 2. The hold is
     a sum-rule experiment: with the learned weights of `uncertainty` it is refused."""
-    base = [sys.executable, "benchmarks/head_health.py", "--synthetic-intents", "4", "--epochs", "1",
-            "--out", str(tmp_path), "--tasks", "joint", "--set", "model.hidden_size=8", "--set", "model.word_dim=8",
-            "--set", "model.char_dim=0", "--set", "model.num_layers=1", "--set", "train.batch_size=16"]
-    out = subprocess.run(base + ["--set", "train.loss_rule=sum", "--hold-tags", "1.5"], cwd=ROOT,
-                         env=env_with_venv(), capture_output=True, text=True, timeout=300)
+    out = run_tiny(tmp_path, "--tasks", "joint", "--set", "train.loss_rule=sum", "--hold-tags", "1.5")
     assert out.returncode == 0, out.stderr
     switched = [line for line in out.stdout.splitlines() if "tag loss weighted" in line]
     assert len(switched) == 1 and "weighted 1.0 from step 2 " in switched[0]
-    out = subprocess.run(base + ["--set", "train.loss_rule=uncertainty", "--hold-tags", "0.9"], cwd=ROOT,
-                         env=env_with_venv(), capture_output=True, text=True, timeout=300)
+    out = run_tiny(tmp_path, "--tasks", "joint", "--set", "train.loss_rule=uncertainty", "--hold-tags", "0.9")
     assert out.returncode != 0 and "--hold-tags needs --set train.loss_rule=sum" in out.stderr
     assert "Traceback" not in out.stderr

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
+from tests.test_fast_predict import HAS_ORT
 from twinhead.checkpoint import build_model, save_checkpoint
 from twinhead.errors import TwinheadError
 from twinhead.export import export_bundle
@@ -18,12 +18,6 @@ from twinhead.predictor import Predictor
 from twinhead.preprocess import PreprocessConfig, preprocess
 from twinhead.train import TrainConfig, train
 from twinhead.vocab import build_vocabs
-
-try:
-    import onnxruntime  # noqa: F401
-    HAS_ORT = True
-except ImportError:
-    HAS_ORT = False
 
 # (text, intent, [(entity text, label), ...]): each entity's first occurrence in the text is its span.
 SENTENCES = {
@@ -86,7 +80,6 @@ def trained_bundle(tmp: Path, lang: str) -> Path:
 
 @pytest.mark.parametrize("lang", sorted(SENTENCES))
 def test_raw_text_in_other_languages_gets_its_entities_back_as_character_spans(tmp_path, lang):
-    torch.set_num_threads(1)
     bundle = trained_bundle(tmp_path, lang)
     predictor = Predictor(bundle)
     assert json.loads((bundle / "config.json").read_text())["preprocess"]["lang"] == lang
@@ -106,7 +99,6 @@ def test_raw_text_in_other_languages_gets_its_entities_back_as_character_spans(t
 
 def test_a_language_that_needs_another_package_is_one_clear_error(tmp_path):
     """spaCy's Japanese tokenizer needs SudachiPy, which twinhead does not install: preprocess says so."""
-    pytest.importorskip("spacy")
     try:
         import sudachipy  # noqa: F401
         pytest.skip("SudachiPy is installed here")
