@@ -11,10 +11,9 @@ a dead unit passes no gradient and may never come back), the share of (sentence,
 model.intent_level token: (token, unit) pairs, and a unit is alive if any dev token makes it positive), the dev
 intent accuracy and the mean training intent loss since the last row (ln of the label count is chance).
 
---hold-tags F (a lead, not a twinhead option): with train.loss_rule sum, the joint run trains with the tag loss
-weighted --hold-weight (0.01) until a moving average of the training intent loss (0.9 old, 0.1 new) falls below F
-times the entropy of train's intent distribution (the loss of answering the label frequencies), then with
-train.tag_weight; the step it switches is printed.
+train.hold_tags (params.yaml's 0.9 unless --set): the joint run holds the tag loss at 0.01 until the training
+intent loss leaves its starting level, as `dvc repro` trains (twinhead.mtl.TagHold); the step it ends is printed.
+`--set train.hold_tags=0` shows the joint model without it.
 
 --synthetic-intents N writes a generated JSONL dataset (N intents, 40 training sentences each, one word per
 intent that names it, slots whose values come from a vocabulary of their own; `--out`) and runs on that: a
@@ -40,6 +39,7 @@ from benchmarks.spacy_peer import apply_sets  # noqa: E402
 from twinhead.checkpoint import build_model  # noqa: E402
 from twinhead.errors import TwinheadError, run_main  # noqa: E402
 from twinhead.model import ModelConfig  # noqa: E402
+from twinhead.mtl import prior_loss  # noqa: E402
 from twinhead.params import BaseConfig, load_config  # noqa: E402
 from twinhead.preprocess import PreprocessConfig, load_split, preprocess  # noqa: E402
 from twinhead.train import TrainConfig, TrainData, new_state, set_determinism, train_step  # noqa: E402
@@ -97,14 +97,7 @@ def health(model, dev_batch) -> tuple[int, float, float]:
     return int(active.any(0).sum()), active.float().mean().item(), acc
 
 
-def prior_entropy(intents) -> float:
-    """Cross-entropy of answering train's label frequencies: where the intent loss sits before it learns."""
-    freq = intents.value_counts(normalize=True)
-    return float(-(freq * freq.map(math.log)).sum())
-
-
-def run(train_df, dev_df, vocabs: Vocabs, mcfg: ModelConfig, tcfg: TrainConfig, seed: int, epochs: int, name: str,
-        hold: float = 0.0, hold_weight: float = 0.01):
+def run(train_df, dev_df, vocabs: Vocabs, mcfg: ModelConfig, tcfg: TrainConfig, seed: int, epochs: int, name: str):
     set_determinism(seed, tcfg)
     model = build_model(mcfg.to_dict(), vocabs)
     if not isinstance(model.intent_head.mlp[1], torch.nn.ReLU):
@@ -112,13 +105,10 @@ def run(train_df, dev_df, vocabs: Vocabs, mcfg: ModelConfig, tcfg: TrainConfig, 
     data = TrainData(train_df, vocabs, mcfg, model.intent_targets)
     dev = TrainData(dev_df, vocabs, mcfg, model.intent_targets)
     dev_batch = dev.batch(list(range(len(dev))), "cpu", 0.0, torch.Generator())
-    state = new_state(model, tcfg, len(data.batches(tcfg.batch_size, torch.Generator().manual_seed(0))), seed)
+    state = new_state(model, tcfg, len(data.batches(tcfg.batch_size, torch.Generator().manual_seed(0))), seed,
+                      intents=data.intents)  # with both tasks, train.hold_tags holds the tag loss as train() does
     hidden = model.intent_head.mlp[0].out_features
     step, losses = 0, []
-    holding = hold > 0 and "tags" in tcfg.tasks
-    if holding:
-        level, ema = hold * prior_entropy(train_df["intent"]), None
-        state.rule.weights["tags"] = hold_weight
 
     def show(when: str) -> None:
         alive, share, acc = health(model, dev_batch)
@@ -130,15 +120,12 @@ def run(train_df, dev_df, vocabs: Vocabs, mcfg: ModelConfig, tcfg: TrainConfig, 
     for epoch in range(1, epochs + 1):
         for idx in data.batches(tcfg.batch_size, state.gen):
             batch = data.batch(idx, "cpu", tcfg.word_dropout, state.gen)
-            losses.append(train_step(state, batch, tcfg).floats()["intent_loss"])
+            stats = train_step(state, batch, tcfg)
+            losses.append(stats.floats()["intent_loss"])
             step += 1
-            if holding:
-                ema = losses[-1] if ema is None else 0.9 * ema + 0.1 * losses[-1]
-                if ema < level:
-                    holding = False
-                    state.rule.weights["tags"] = tcfg.tag_weight
-                    print(f"{name:7s} tag loss weighted {tcfg.tag_weight} from step {step + 1} (intent loss average "
-                          f"{ema:.4f} < {level:.4f})", flush=True)
+            said = state.hold.step(stats.task_losses["intent"]) if state.hold else None
+            if said:
+                print(f"{name:7s} {said}", flush=True)
             if epoch == 1 and step in EARLY_STEPS:
                 show(f"step {step}")
         show(f"epoch {epoch}")
@@ -156,19 +143,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a model or train param (a YAML value), as params.yaml would")
-    ap.add_argument("--hold-tags", type=float, default=0.0, metavar="F",
-                    help="joint run: tag loss at --hold-weight until the intent loss average is below F times the "
-                         "prior's entropy (train.loss_rule sum only; see above)")
-    ap.add_argument("--hold-weight", type=float, default=0.01)
     args = ap.parse_args()
     p = apply_sets(load_config({"base": BaseConfig, "model": ModelConfig, "train": TrainConfig,
                                 "preprocess": PreprocessConfig}), args.set)
     mcfg, base = p["model"], p["train"]
     if mcfg.sentence_head != "single":
         raise TwinheadError("this benchmark scores one intent per sentence: model.sentence_head must be single")
-    if args.hold_tags and base.loss_rule != "sum":
-        raise TwinheadError(f"--hold-tags needs --set train.loss_rule=sum (the rule is {base.loss_rule!r}): it sets "
-                            f"the rule's fixed tag weight")
     if args.synthetic_intents:
         raw = synthetic(Path(args.out) / f"intents{args.synthetic_intents}", args.synthetic_intents, args.seed)
         frames, _, _, _ = preprocess(raw, None, p["preprocess"], args.seed)
@@ -180,14 +160,15 @@ def main() -> None:
         vocabs = Vocabs.load(args.vocab)
         where = args.processed
     dev_df = known_rows(dev_df, vocabs)
+    model = build_model(mcfg.to_dict(), vocabs)
+    frequencies = prior_loss(model.intent_head, model.intent_targets(list(train_df["intent"])), base.label_smoothing)
     print(f"{where}: {len(train_df)} train, {len(dev_df)} dev sentences, {len(vocabs.intents)} intents "
           f"(chance: intent loss {math.log(len(vocabs.intents)):.3f}; the label frequencies: "
-          f"{prior_entropy(train_df['intent']):.3f}), {len(vocabs.tags)} tags; "
-          f"loss rule {base.loss_rule}, seed {args.seed}")
+          f"{frequencies:.3f}), {len(vocabs.tags)} tags; loss rule {base.loss_rule}, train.hold_tags "
+          f"{base.hold_tags}, seed {args.seed}")
     print(f"{'tasks':7s} {'when':>12s} {'alive units':>11s} {'active':>7s} {'dev acc':>9s} {'intent loss':>12s}")
     for name in args.tasks:
-        run(train_df, dev_df, vocabs, mcfg, dataclasses.replace(base, tasks=TASKS[name]), args.seed, args.epochs, name,
-            args.hold_tags, args.hold_weight)
+        run(train_df, dev_df, vocabs, mcfg, dataclasses.replace(base, tasks=TASKS[name]), args.seed, args.epochs, name)
 
 
 if __name__ == "__main__":

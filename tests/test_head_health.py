@@ -96,22 +96,13 @@ def test_the_script_prints_both_runs_step_by_step(tmp_path):
         assert 0 <= alive <= hidden == 16 and 0 <= float(r[-2]) <= 1
 
 
-def test_prior_entropy_is_the_loss_of_answering_the_label_frequencies():
-    import math
-
-    import pandas as pd
-
-    assert head_health.prior_entropy(pd.Series(["a", "b", "c", "d"])) == math.log(4)
-    assert head_health.prior_entropy(pd.Series(["a"] * 3 + ["b"])) == -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
-
-
-def test_hold_tags_switches_to_the_tag_weight_once_the_intent_loss_is_below_the_level(tmp_path):
-    """A level above chance (F = 1.5) is reached at once: the tag loss takes its weight from step 2. The hold is
-    a sum-rule experiment: with the learned weights of `uncertainty` it is refused."""
-    out = run_tiny(tmp_path, "--tasks", "joint", "--set", "train.loss_rule=sum", "--hold-tags", "1.5")
+def test_the_joint_run_holds_the_tag_loss_as_training_does_and_says_when_it_ends(tmp_path):
+    """train.hold_tags (on in params.yaml): the joint run's hold ends at a comparison (every 10 steps) or at
+    its cap of 3 epochs (30 steps here), said once; the intent-only run has nothing to hold; 0 turns it off."""
+    out = run_tiny(tmp_path, "--epochs", "3")
     assert out.returncode == 0, out.stderr
-    switched = [line for line in out.stdout.splitlines() if "tag loss weighted" in line]
-    assert len(switched) == 1 and "weighted 1.0 from step 2 " in switched[0]
-    out = run_tiny(tmp_path, "--tasks", "joint", "--set", "train.loss_rule=uncertainty", "--hold-tags", "0.9")
-    assert out.returncode != 0 and "--hold-tags needs --set train.loss_rule=sum" in out.stderr
-    assert "Traceback" not in out.stderr
+    said = [line.split() for line in out.stdout.splitlines() if "train.hold_tags" in line and "step" in line]
+    assert len(said) == 1 and said[0][:2] == ["joint", "step"] and said[0][2] in ("10:", "20:", "30:")
+    out = run_tiny(tmp_path, "--tasks", "joint", "--set", "train.hold_tags=0")
+    assert out.returncode == 0, out.stderr
+    assert "the tags loss at full weight" not in out.stdout and "train.hold_tags 0.0" in out.stdout

@@ -13,7 +13,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from twinhead.errors import TwinheadError
-from twinhead.mtl import RULES, make_rule
+from twinhead.heads import SentenceHead
+from twinhead.mtl import RULES, TagHold, make_rule, prior_loss
 
 TASKS = ["a", "b"]
 WEIGHTS = {"a": 0.7, "b": 1.3}
@@ -342,3 +343,98 @@ def test_misuse_by_the_caller_is_refused():
     both["b"] = both["b"] + both["a"][:1]
     with pytest.raises(ValueError, match="in both"):
         rule.backward(losses(model, data()), list(model.parameters()), both)
+
+
+@pytest.mark.parametrize("name", RULES)
+def test_a_held_task_is_multiplied_by_its_factor_in_every_rule(name):
+    """rule.hold["b"] = 0.01 gives exactly the gradients of the same rule with b's loss times 0.01, and the
+    reported weight of b is its weight times 0.01; lifting the hold gives the rule's own gradients back."""
+    batch = data()
+    weights = {"a": 1.0, "b": 1.0} if name == "uncertainty" else WEIGHTS
+    held = Toy()
+    rule = make_rule(name, TASKS, weights, torch.Generator().manual_seed(0))
+    rule.hold["b"] = 0.01
+    ls = losses(held, batch)
+    stats = rule.backward(ls, list(held.parameters()), held.heads()).floats()
+
+    ref = Toy()
+    ref_rule = make_rule(name, TASKS, weights, torch.Generator().manual_seed(0))
+    lr = losses(ref, batch)
+    ref_stats = ref_rule.backward({"a": lr["a"], "b": 0.01 * lr["b"]}, list(ref.parameters()), ref.heads()).floats()
+    assert close(grads(held.parameters()), grads(ref.parameters()))
+    assert stats["b_loss"] == pytest.approx(ls["b"].item())  # the loss itself, not the held one
+    assert stats["b_weight"] == pytest.approx(0.01 * ref_stats["b_weight"])
+    assert stats["a_weight"] == pytest.approx(ref_stats["a_weight"])
+
+    rule.hold.clear()
+    again, plain = Toy(), Toy()
+    rule.backward(losses(again, batch), list(again.parameters()), again.heads())
+    make_rule(name, TASKS, weights, torch.Generator().manual_seed(0)).backward(
+        losses(plain, batch), list(plain.parameters()), plain.heads())
+    assert close(grads(again.parameters()), grads(plain.parameters()))
+
+
+def test_prior_loss_is_the_loss_of_answering_the_label_frequencies():
+    head = SentenceHead(4, 8, 3, 0.0)
+    balanced = torch.tensor([0, 1, 2] * 20)
+    assert prior_loss(head, balanced) == pytest.approx(math.log(3), rel=1e-6)
+    skewed = torch.tensor([0] * 8 + [1] + [2])  # frequencies 0.8, 0.1, 0.1: their entropy
+    entropy = -(0.8 * math.log(0.8) + 2 * 0.1 * math.log(0.1))
+    assert prior_loss(head, skewed, chunk=3) == pytest.approx(entropy, rel=1e-6)
+    assert prior_loss(head, torch.zeros(5, dtype=torch.long)) == pytest.approx(0.0, abs=1e-6)  # one label
+    # label smoothing: the head's own smoothed loss of the constant frequency logits
+    logits = torch.log(torch.tensor([0.8, 0.1, 0.1])).expand(10, -1)
+    assert prior_loss(head, skewed, smoothing=0.1) == pytest.approx(
+        F.cross_entropy(logits, skewed, label_smoothing=0.1).item(), rel=1e-6)
+    multi = SentenceHead(4, 8, 2, 0.0, multi_label=True)
+    rows = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]])  # label frequencies 0.75, 0.25
+    want = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))  # each label's binary entropy is the same here
+    assert prior_loss(multi, rows) == pytest.approx(want, rel=1e-5)
+
+
+def feed(hold: TagHold, values) -> list[tuple[int, str]]:
+    out = []
+    for v in values:
+        said = hold.step(torch.tensor(float(v)))
+        if said:
+            out.append((hold.steps, said))
+    return out
+
+
+def test_tag_hold_ends_when_a_window_mean_falls_below_the_level():
+    rule = make_rule("sum", ["intent", "tags"], {"intent": 1.0, "tags": 1.0})
+    hold = TagHold(rule, level=1.0, max_steps=1000, window=4)
+    assert rule.effective_weights() == {"intent": 1.0, "tags": 0.01}
+    # windows of 4: mean 2.0, then 1.0 (not below), then 0.75: the hold ends at step 12, not at step 9 where one
+    # value first drops
+    said = feed(hold, [2, 2, 2, 2, 1, 1, 1, 1, 0.5, 1, 1, 0.5, 0.1, 0.1])
+    assert [s for s, _ in said] == [12] and "0.7500 < 1.0000" in said[0][1]
+    assert hold.done and rule.effective_weights() == {"intent": 1.0, "tags": 1.0}
+    assert hold.step(torch.tensor(0.0)) is None and hold.steps == 12  # ended for good: nothing counted
+
+
+def test_tag_hold_ends_after_max_steps_and_resumes_mid_window():
+    rule = make_rule("uncertainty", ["intent", "tags"], {"intent": 1.0, "tags": 1.0})
+    hold = TagHold(rule, level=1.0, max_steps=7, window=4)
+    assert feed(hold, [3, 3, 3, 3, 3]) == []
+    saved = hold.state_dict()  # mid-window: one value counted since the last comparison
+    rule2 = make_rule("uncertainty", ["intent", "tags"], {"intent": 1.0, "tags": 1.0})
+    resumed = TagHold(rule2, level=1.0, max_steps=7, window=4)
+    resumed.load_state_dict(saved)
+    for h in (hold, resumed):
+        said = feed(h, [3, 3])
+        assert [s for s, _ in said] == [7] and "still 3.0000" in said[0][1] and "after 7 steps" in said[0][1]
+        assert h.rule.hold == {}
+    ended = TagHold(make_rule("sum", ["intent", "tags"], {"intent": 1.0, "tags": 1.0}), 1.0, 7)
+    ended.load_state_dict(hold.state_dict())
+    assert ended.done and ended.rule.hold == {}
+
+
+def test_tag_hold_compares_the_mean_over_all_ranks():
+    """Among N processes each rank counts its own intent loss; `reduce` sums over the ranks, and every rank
+    takes the same decision (here two ranks whose losses average 0.9 < 1, though one alone is 1.4)."""
+    rule = make_rule("sum", ["intent", "tags"], {"intent": 1.0, "tags": 1.0})
+    hold = TagHold(rule, level=1.0, max_steps=100, window=2)
+    other_rank = torch.tensor([0.4])
+    said = [hold.step(torch.tensor(1.4), lambda t: (t + 2 * other_rank) / 2) for _ in range(2)]
+    assert said[0] is None and "0.9000 < 1.0000" in said[1]

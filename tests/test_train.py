@@ -85,7 +85,7 @@ def test_train_step_gives_the_rules_gradients_on_the_joint_model(data, rule):
 def test_training_logs_conflict_and_weights_per_epoch(data):
     tr, dev, vocabs = data
     res = train(tr, dev, vocabs, MCFG, TrainConfig(epochs=2, batch_size=16, lr=0.01, conflict_every=2,
-                                                   loss_rule="pcgrad"), seed=1, progress=False)
+                                                   loss_rule="pcgrad", hold_tags=0), seed=1, progress=False)
     words = sum(min(len(w), MCFG.max_len) for w in tr["words"] if len(w))
     for row in res.history:
         # the speed of the epoch's training pass (not its dev evaluation): every train sentence once
@@ -133,6 +133,34 @@ def test_uncertainty_weights_are_learned_saved_and_resumed(data, tmp_path):
     assert torch.equal(resumed.rule_state["log_vars"], log_vars)  # restored, then trained on identically
     for k, v in full.best_state.items():
         assert torch.equal(v, resumed.best_state[k]), k
+
+
+def test_the_tag_hold_is_logged_ends_once_and_resumes_where_it_was(data, tmp_path, capsys):
+    """train.hold_tags: the tag loss weighted 0.01 until the intent loss moves (here the level is never reached,
+    so the hold runs its cap of 3 epochs, 8 steps each), said once, logged as the epoch's mean tag weight, and
+    a run killed in the middle of the hold resumes it exactly; 0 turns it off."""
+    tr, dev, vocabs = data
+    tcfg = TrainConfig(epochs=4, batch_size=16, lr=0.01, loss_rule="sum", patience=0, hold_tags=0.001)
+    full = train(tr, dev, vocabs, MCFG, tcfg, seed=3, progress=False)
+    out = capsys.readouterr().out
+    assert out.count("train.hold_tags") == 1 and "epoch 3, step 24: training intent loss still" in out
+    assert [r["train_tags_weight"] for r in full.history] == pytest.approx([0.01, 0.01, 0.01, 1.0])
+
+    state = tmp_path / "state.pt"
+    train_killed_after(1, data, tcfg, 3, state)
+    assert torch.load(state, weights_only=True)["hold"]["steps"] == 8
+    resumed = train(tr, dev, vocabs, MCFG, tcfg, seed=3, state_path=state, progress=False)
+    assert resumed.resumed_from == 1
+    for k, v in full.best_state.items():
+        assert torch.equal(v, resumed.best_state[k]), k
+
+    capsys.readouterr()
+    off = train(tr, dev, vocabs, MCFG, dataclasses.replace(tcfg, hold_tags=0.0), seed=3, progress=False)
+    assert "train.hold_tags" not in capsys.readouterr().out
+    assert [r["train_tags_weight"] for r in off.history] == [1.0] * 4
+    single = train(tr, dev, vocabs, MCFG, dataclasses.replace(tcfg, tasks=["tags"], epochs=1), seed=3,
+                   progress=False)
+    assert [r["train_tags_weight"] for r in single.history] == [1.0]  # nothing to learn first
 
 
 def test_single_task_training_leaves_the_other_head_alone(data, capsys):

@@ -44,6 +44,9 @@ the caller zeroes grads before the step, and calling a rule on several micro-bat
 With one task every rule is a plain backward of w L: there is nothing to average, project or balance (a
 single learned variance would only rescale the learning rate), so `uncertainty` then has no parameters.
 
+Holding a task (`LossRule.hold`, task -> factor): its loss is multiplied by the factor on top of its weight, in
+every rule, and the weights `StepStats` reports are the products. `TagHold` sets and lifts it (train.hold_tags).
+
 No host-device sync happens inside `backward`: `StepStats` holds detached tensors, and `StepStats.floats()`
 turns them into Python floats with a single transfer. The pcgrad order is drawn from a CPU torch.Generator
 the caller owns (twinhead's training generator, already saved in the training state, so a resumed run
@@ -62,6 +65,9 @@ from torch import Tensor, nn
 from twinhead.errors import TwinheadError
 
 RULES = ("sum", "grad_mean", "uncertainty", "pcgrad")
+HOLD_WEIGHT = 0.01  # train.hold_tags: the tag loss's factor while it is held
+HOLD_WINDOW = 10  # ...the steps whose mean training intent loss is compared with the level
+HOLD_MAX_EPOCHS = 3  # ...and the longest hold, in epochs
 
 Grads = list[Tensor | None]  # one entry per parameter; None: the loss does not reach it
 
@@ -109,6 +115,14 @@ class LossRule(nn.Module):
         super().__init__()
         self.tasks = list(tasks)
         self.weights = {t: float(weights[t]) for t in self.tasks}
+        self.hold: dict[str, float] = {}  # task -> factor on its loss while held (TagHold); empty: none held
+
+    def _held(self, t: str, loss: Tensor) -> Tensor:
+        return loss * self.hold[t] if t in self.hold else loss
+
+    def effective_weights(self) -> dict[str, float]:
+        """The fixed weights times the hold factors: what each task's loss is multiplied by."""
+        return {t: w * self.hold[t] if t in self.hold else w for t, w in self.weights.items()}
 
     def backward(self, losses: dict[str, Tensor], params: Iterable[nn.Parameter],
                  heads: dict[str, list[nn.Parameter]] | None = None, measure_conflict: bool = False) -> StepStats:
@@ -176,7 +190,7 @@ class LossRule(nn.Module):
         return shared, own
 
     def _weighted(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {t: self.weights[t] * losses[t] for t in self.tasks}
+        return {t: self.weights[t] * self._held(t, losses[t]) for t in self.tasks}
 
     def _stats(self, losses: dict[str, Tensor], total: Tensor, weights: dict[str, Tensor | float],
                shared_grads: list[Grads] | None) -> StepStats:
@@ -244,7 +258,7 @@ class SumRule(LossRule):
             grads = list(_task_grads(weighted, self.tasks, {t: shared for t in self.tasks}, True).values())
         total = sum(weighted[t] for t in self.tasks)
         total.backward()
-        return self._stats(losses, total, dict(self.weights), grads)
+        return self._stats(losses, total, self.effective_weights(), grads)
 
 
 class GradMeanRule(LossRule):
@@ -265,7 +279,7 @@ class GradMeanRule(LossRule):
                     _add_grad(p, gp)
         grads = [g[t][:n_shared] for t in self.tasks] if measure_conflict else None
         total = sum(weighted[t].detach() for t in self.tasks)
-        return self._stats(losses, total, {t: w / n_tasks for t, w in self.weights.items()}, grads)
+        return self._stats(losses, total, {t: w / n_tasks for t, w in self.effective_weights().items()}, grads)
 
 
 class PCGradRule(LossRule):
@@ -307,7 +321,7 @@ class PCGradRule(LossRule):
                 for p, gp in zip(own[t], g[t][n_shared:]):
                     _add_grad(p, gp)
         total = sum(weighted[t].detach() for t in self.tasks)
-        return self._stats(losses, total, dict(self.weights), shared_grads if measure_conflict else None)
+        return self._stats(losses, total, self.effective_weights(), shared_grads if measure_conflict else None)
 
 
 def project_conflicts(grads: Tensor, orders: list[list[int]]) -> Tensor:
@@ -340,13 +354,14 @@ class UncertaintyRule(LossRule):
 
     def _backward(self, losses, shared, own, measure_conflict):
         scale = torch.exp(-self.log_vars)  # (T,)
-        weighted = {t: scale[k] * losses[t] for k, t in enumerate(self.tasks)}
+        weighted = {t: scale[k] * self._held(t, losses[t]) for k, t in enumerate(self.tasks)}
         grads = None
         if measure_conflict:
             grads = list(_task_grads(weighted, self.tasks, {t: shared for t in self.tasks}, True).values())
         total = sum(weighted[t] + self.log_vars[k] for k, t in enumerate(self.tasks))
         total.backward()
-        return self._stats(losses, total, {t: scale[k].detach() for k, t in enumerate(self.tasks)}, grads)
+        held = {t: scale[k].detach() * self.hold.get(t, 1.0) for k, t in enumerate(self.tasks)}
+        return self._stats(losses, total, held, grads)
 
 
 def make_rule(name: str, tasks: list[str], weights: dict[str, float],
@@ -379,3 +394,80 @@ def make_rule(name: str, tasks: list[str], weights: dict[str, float],
     if len(tasks) > 2 and generator is None:
         raise ValueError("loss rule 'pcgrad' with three or more tasks needs a torch.Generator for its order")
     return PCGradRule(tasks, weights, generator)
+
+
+def prior_loss(head: nn.Module, targets: Tensor, smoothing: float = 0.0, chunk: int = 4096) -> float:
+    """The sentence head's training loss if it answered every sentence with train's label frequencies: where
+    the intent loss sits before the model reads anything from the text (ln L for L balanced labels; less
+    when a few labels dominate). `head` is a twinhead SentenceHead (its own loss, label smoothing included);
+    targets: its training targets, label ids (N,) or multi-hot rows (N, L)."""
+    with torch.no_grad():
+        if head.multi_label:
+            p = targets.float().mean(0).clamp(1e-6, 1 - 1e-6)
+            logits = torch.log(p) - torch.log1p(-p)
+        else:
+            freq = torch.bincount(targets, minlength=head.n_labels).float() / len(targets)
+            logits = torch.log(freq.clamp_min(1e-12))
+        total = 0.0
+        for start in range(0, len(targets), chunk):  # exact, without an (N, L) matrix
+            part = targets[start: start + chunk]
+            total += head.loss(logits.expand(len(part), -1), part, smoothing).item() * len(part)
+    return total / len(targets)
+
+
+class TagHold:
+    """Sentence task first (train.hold_tags): the tag loss is multiplied by `weight` until the training intent
+    loss has left its starting level, then by 1 for good.
+
+    Why: the joint model can fail to learn the sentence task at all. On a generated set of 150 intents, each
+    named by one word, the intent-only model is right after one epoch and the joint one stays at chance for 20
+    (benchmarks/head_health.py: its head's ReLU units die while the tag loss reshapes the shared encoder). With
+    the tag loss held until the intent loss moves, the joint model learns both (README, "Multi-task learning").
+    On the development data sets it ends within the first 20-40 steps.
+
+    Every `window` steps, the mean intent loss of those steps (over all ranks: `reduce` sums a tensor over
+    them) is compared with `level` (train.hold_tags times `prior_loss`); below it, the hold ends. It ends
+    anyway after `max_steps`, so a sentence task that cannot be learned does not hold the tags back for long.
+    One host read per window while held; none after. `state_dict` carries it across a resumed run.
+    """
+
+    def __init__(self, rule: LossRule, level: float, max_steps: int, weight: float = HOLD_WEIGHT,
+                 window: int = HOLD_WINDOW, task: str = "tags"):
+        self.rule, self.level, self.max_steps, self.weight, self.window = rule, level, max_steps, weight, window
+        self.task = task
+        self.steps, self.counted, self.done = 0, 0, False
+        self.total: Tensor | float = 0.0  # intent losses since the last comparison
+        rule.hold[task] = weight
+
+    def step(self, intent_loss: Tensor, reduce=None) -> str | None:
+        """Count one training step's intent loss (this rank's, as the rule got it); at the step that ends the
+        hold, lift it and return a line saying why."""
+        if self.done:
+            return None
+        self.total = intent_loss.detach().float() + self.total
+        self.steps += 1
+        self.counted += 1
+        if self.counted < self.window and self.steps < self.max_steps:
+            return None
+        total = self.total.reshape(1)  # a tensor: at least one step was added since the last comparison
+        mean = float((reduce(total.clone()) if reduce else total)[0]) / self.counted
+        self.total, self.counted = 0.0, 0
+        if mean < self.level:
+            why = f"training intent loss {mean:.4f} < {self.level:.4f}"
+        elif self.steps >= self.max_steps:
+            why = f"training intent loss still {mean:.4f} (>= {self.level:.4f}) after {self.steps} steps"
+        else:
+            return None
+        self.done = True
+        self.rule.hold.pop(self.task, None)
+        return f"step {self.steps}: {why}; the {self.task} loss at full weight from here (train.hold_tags)"
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "counted": self.counted, "done": self.done, "total": float(self.total)}
+
+    def load_state_dict(self, st: dict) -> None:
+        self.steps, self.counted, self.done, self.total = st["steps"], st["counted"], st["done"], st["total"]
+        if self.done:
+            self.rule.hold.pop(self.task, None)
+        else:
+            self.rule.hold[self.task] = self.weight

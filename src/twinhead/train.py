@@ -42,12 +42,12 @@ from twinhead.errors import TwinheadError
 from twinhead.inference import collate, encode, predict_frame, predict_mapped
 from twinhead.metrics import summary
 from twinhead.model import JointModel, ModelConfig
-from twinhead.mtl import RULES, LossRule, StepStats, make_rule
+from twinhead.mtl import HOLD_MAX_EPOCHS, RULES, LossRule, StepStats, TagHold, make_rule, prior_loss
 from twinhead.params import Fraction, NonNegFloat, NonNegInt, PosInt, section
 from twinhead.vectors import init_embeddings
 from twinhead.vocab import Vocabs
 
-STATE_FORMAT = "twinhead-train-state/4"
+STATE_FORMAT = "twinhead-train-state/5"
 METRICS = ("intent_accuracy", "slot_f1", "sentence_accuracy")  # dev metrics logged per epoch
 # the per-epoch log's wall-clock columns: the only ones that differ between two identical runs
 TIMING = ("seconds", "train_sentences_per_s", "train_words_per_s")
@@ -98,6 +98,10 @@ class TrainConfig:
     # > 1: also try the mean of the weights of the best epoch and the n-1 epochs before it (checkpoint
     # averaging); kept when its dev score is at least the best epoch's. 0 or 1: off
     average_last: NonNegInt = 0
+    # > 0: the joint model learns the sentence task first: the tag loss is weighted 0.01 until the training
+    # intent loss falls below this share of the loss of answering train's label frequencies (at most 3 epochs;
+    # twinhead.mtl.TagHold, README "Multi-task learning"). 0: off
+    hold_tags: Annotated[float, Field(ge=0, le=1)] = 0.9
 
     def __post_init__(self):
         if len(set(self.tasks)) != len(self.tasks):
@@ -398,6 +402,7 @@ class TrainState:
     best_scores: dict = field(default_factory=dict)
     recent: list[dict] = field(default_factory=list)  # train.average_last: the last epochs' weights, oldest first
     best_window: list[dict] = field(default_factory=list)  # ...as they were at the best epoch
+    hold: TagHold | None = None  # train.hold_tags: the tag loss held until the intent loss moves (None: off)
 
     def state_dict(self) -> dict:
         return {
@@ -407,6 +412,7 @@ class TrainState:
             "best_score": self.best_score, "best_epoch": self.best_epoch, "bad": self.bad, "history": self.history,
             "best_state": self.best_state, "best_scores": self.best_scores,
             "recent": self.recent, "best_window": self.best_window,
+            "hold": self.hold.state_dict() if self.hold else None,
         }
 
     def load_state_dict(self, st: dict) -> None:
@@ -419,12 +425,15 @@ class TrainState:
         self.best_epoch, self.bad = st["best_epoch"], st["bad"]
         self.history, self.best_state, self.best_scores = st["history"], st["best_state"], st["best_scores"]
         self.recent, self.best_window = st["recent"], st["best_window"]
+        if self.hold and st["hold"]:
+            self.hold.load_state_dict(st["hold"])
 
 
 def new_state(model: JointModel, tcfg: TrainConfig, steps_per_epoch: int, seed: int,
-              world: World | None = None) -> TrainState:
+              world: World | None = None, intents: torch.Tensor | None = None) -> TrainState:
     """Fresh optimizer (Adam; the rule's learned weights without weight decay), schedule, rule and RNG; among
-    N processes the losses module is wrapped in DDP (which gives every rank rank 0's weights)."""
+    N processes the losses module is wrapped in DDP (which gives every rank rank 0's weights). With `intents`,
+    the sentence head's training targets (TrainData.intents), train.hold_tags holds the tag loss (`tag_hold`)."""
     world = world or World()
     if world.size > 1 and tcfg.loss_rule == "pcgrad":
         raise TwinheadError(f"params.yaml: train.loss_rule: {PCGRAD_ALONE} ({world.size} processes here)")
@@ -449,7 +458,18 @@ def new_state(model: JointModel, tcfg: TrainConfig, steps_per_epoch: int, seed: 
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tcfg.epochs * steps_per_epoch)
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    return TrainState(model, opt, sched, rule, gen, sync)
+    hold = tag_hold(model, rule, tcfg, intents, steps_per_epoch) if intents is not None else None
+    return TrainState(model, opt, sched, rule, gen, sync, hold=hold)
+
+
+def tag_hold(model: JointModel, rule: LossRule, tcfg: TrainConfig, intents: torch.Tensor,
+             steps_per_epoch: int) -> TagHold | None:
+    """train.hold_tags' hold on the tag loss, or None where it has nothing to do: off, a single-task run, a
+    task weighted 0, or one sentence label (its loss starts at 0: there is nothing to learn first)."""
+    if not (tcfg.hold_tags and set(tcfg.tasks) == {"intent", "tags"} and tcfg.intent_weight and tcfg.tag_weight):
+        return None
+    level = tcfg.hold_tags * prior_loss(model.intent_head, intents, tcfg.label_smoothing)
+    return TagHold(rule, level, HOLD_MAX_EPOCHS * steps_per_epoch) if level > 0 else None
 
 
 @functools.cache
@@ -544,6 +564,11 @@ def run_epoch(state: TrainState, data: TrainData, tcfg: TrainConfig, device, pro
         measure = bool(tcfg.conflict_every) and step % tcfg.conflict_every == 0 and len(tcfg.tasks) > 1
         stats = train_step(state, data.batch(idx, device, tcfg.word_dropout, state.gen, world), tcfg, measure)
         failpoints.hit("train:step")
+        if state.hold is not None and not state.hold.done:  # one host read per 10 steps, only while held
+            said = state.hold.step(stats.task_losses["intent"],
+                                   lambda t: distributed.all_sum(t, world) / world.size)
+            if said and world.main:
+                bar.write(f"epoch {state.epoch + 1}, {said}")
         # a rank's stats are its share of the batch's, times the number of ranks (Batch.scale)
         n = len(idx) if world.size == 1 else len(idx) / world.size
         parts = {"loss": stats.loss, **{f"{t}_loss": v for t, v in stats.task_losses.items()},
@@ -628,7 +653,7 @@ def train(
     if len(data) == 0:
         raise TwinheadError("train split has no sentences with words")
     steps_per_epoch = len(data.batches(tcfg.batch_size, torch.Generator().manual_seed(0)))
-    state = new_state(model, tcfg, steps_per_epoch, seed, world)
+    state = new_state(model, tcfg, steps_per_epoch, seed, world, intents=data.intents)
 
     fp = state_identity(mcfg, tcfg, seed, vocabs, train_df, dev_df, device)  # saved as the state's "fingerprint"
     saved = None
