@@ -123,7 +123,7 @@ def run(train_df, dev_df, vocabs: Vocabs, mcfg: ModelConfig, tcfg: TrainConfig, 
             stats = train_step(state, batch, tcfg)
             losses.append(stats.floats()["intent_loss"])
             step += 1
-            said = state.hold.step(stats.task_losses["intent"]) if state.hold else None
+            said = state.step_hold(stats)
             if said:
                 print(f"{name:7s} {said}", flush=True)
             if epoch == 1 and step in EARLY_STEPS:

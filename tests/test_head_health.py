@@ -101,8 +101,12 @@ def test_the_joint_run_holds_the_tag_loss_as_training_does_and_says_when_it_ends
     its cap of 3 epochs (30 steps here), said once; the intent-only run has nothing to hold; 0 turns it off."""
     out = run_tiny(tmp_path, "--epochs", "3")
     assert out.returncode == 0, out.stderr
-    said = [line.split() for line in out.stdout.splitlines() if "train.hold_tags" in line and "step" in line]
+    def ends(stdout: str) -> list[list[str]]:
+        return [line.split() for line in stdout.splitlines() if "at full weight" in line]
+
+    said = ends(out.stdout)
     assert len(said) == 1 and said[0][:2] == ["joint", "step"] and said[0][2] in ("10:", "20:", "30:")
+    assert "the 'tags' task trains at full weight from here on (train.hold_tags)" in out.stdout
     out = run_tiny(tmp_path, "--tasks", "joint", "--set", "train.hold_tags=0")
     assert out.returncode == 0, out.stderr
-    assert "the tags loss at full weight" not in out.stdout and "train.hold_tags 0.0" in out.stdout
+    assert ends(out.stdout) == [] and "train.hold_tags 0.0" in out.stdout

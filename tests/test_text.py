@@ -48,8 +48,10 @@ def test_tokenize_whitespace_only_gives_nothing(nlp):
 
 
 def test_get_nlp_unknown_language_is_a_user_error():
-    with pytest.raises(TwinheadError, match="preprocess.lang='xx-nope'"):
+    with pytest.raises(TwinheadError, match=r"preprocess\.lang='xx-nope' is not a language spaCy knows"):
         get_nlp("xx-nope")
+    with pytest.raises(TwinheadError, match=r"preprocess\.lang='\.\./en' is not a language spaCy knows"):
+        get_nlp("../en")
 
 
 def test_normalize():

@@ -117,12 +117,16 @@ class LossRule(nn.Module):
         self.weights = {t: float(weights[t]) for t in self.tasks}
         self.hold: dict[str, float] = {}  # task -> factor on its loss while held (TagHold); empty: none held
 
+    def factor(self, t: str) -> float:
+        """Task `t`'s hold factor: 1 unless TagHold holds it."""
+        return self.hold.get(t, 1.0)
+
     def _held(self, t: str, loss: Tensor) -> Tensor:
-        return loss * self.hold[t] if t in self.hold else loss
+        return loss * self.hold[t] if t in self.hold else loss  # no multiply by 1: the graph of no hold
 
     def effective_weights(self) -> dict[str, float]:
         """The fixed weights times the hold factors: what each task's loss is multiplied by."""
-        return {t: w * self.hold[t] if t in self.hold else w for t, w in self.weights.items()}
+        return {t: w * self.factor(t) for t, w in self.weights.items()}
 
     def backward(self, losses: dict[str, Tensor], params: Iterable[nn.Parameter],
                  heads: dict[str, list[nn.Parameter]] | None = None, measure_conflict: bool = False) -> StepStats:
@@ -360,7 +364,7 @@ class UncertaintyRule(LossRule):
             grads = list(_task_grads(weighted, self.tasks, {t: shared for t in self.tasks}, True).values())
         total = sum(weighted[t] + self.log_vars[k] for k, t in enumerate(self.tasks))
         total.backward()
-        held = {t: scale[k].detach() * self.hold.get(t, 1.0) for k, t in enumerate(self.tasks)}
+        held = {t: scale[k].detach() * self.factor(t) for k, t in enumerate(self.tasks)}
         return self._stats(losses, total, held, grads)
 
 
@@ -460,7 +464,7 @@ class TagHold:
             return None
         self.done = True
         self.rule.hold.pop(self.task, None)
-        return f"step {self.steps}: {why}; the {self.task} loss at full weight from here (train.hold_tags)"
+        return f"step {self.steps}: {why}; the {self.task!r} task trains at full weight from here on (train.hold_tags)"
 
     def state_dict(self) -> dict:
         return {"steps": self.steps, "counted": self.counted, "done": self.done, "total": float(self.total)}

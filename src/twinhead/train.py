@@ -404,6 +404,15 @@ class TrainState:
     best_window: list[dict] = field(default_factory=list)  # ...as they were at the best epoch
     hold: TagHold | None = None  # train.hold_tags: the tag loss held until the intent loss moves (None: off)
 
+    def step_hold(self, stats: StepStats) -> str | None:
+        """Count a training step's intent loss towards train.hold_tags' hold: the line saying the hold ended,
+        at the step it ends, else None. Among N processes a window's mean is taken over all ranks, so every
+        rank lifts it at the same step; one host read per window, and none once it has ended."""
+        if self.hold is None or self.hold.done:
+            return None
+        world = self.sync.world
+        return self.hold.step(stats.task_losses["intent"], lambda t: distributed.all_sum(t, world) / world.size)
+
     def state_dict(self) -> dict:
         return {
             "epoch": self.epoch, "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
@@ -564,11 +573,9 @@ def run_epoch(state: TrainState, data: TrainData, tcfg: TrainConfig, device, pro
         measure = bool(tcfg.conflict_every) and step % tcfg.conflict_every == 0 and len(tcfg.tasks) > 1
         stats = train_step(state, data.batch(idx, device, tcfg.word_dropout, state.gen, world), tcfg, measure)
         failpoints.hit("train:step")
-        if state.hold is not None and not state.hold.done:  # one host read per 10 steps, only while held
-            said = state.hold.step(stats.task_losses["intent"],
-                                   lambda t: distributed.all_sum(t, world) / world.size)
-            if said and world.main:
-                bar.write(f"epoch {state.epoch + 1}, {said}")
+        said = state.step_hold(stats)
+        if said and world.main:
+            bar.write(f"epoch {state.epoch + 1}, {said}")
         # a rank's stats are its share of the batch's, times the number of ranks (Batch.scale)
         n = len(idx) if world.size == 1 else len(idx) / world.size
         parts = {"loss": stats.loss, **{f"{t}_loss": v for t, v in stats.task_losses.items()},
