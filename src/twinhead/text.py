@@ -6,22 +6,11 @@ Everything here is applied identically at training and prediction time, so it li
 from __future__ import annotations
 
 import functools
-import importlib.util
 import re
 
 from twinhead.errors import TwinheadError
 
 TAG_RE = re.compile(r"^(O|[BI]-\S+)$")
-
-
-def _spacy_has_module(lang: str) -> bool:
-    """Whether spaCy ships a module for `lang` (spacy.lang.<lang>), without importing it."""
-    if not lang.isidentifier():
-        return False
-    try:
-        return importlib.util.find_spec(f"spacy.lang.{lang}") is not None
-    except ImportError:
-        return False
 
 
 @functools.lru_cache(maxsize=8)
@@ -30,13 +19,15 @@ def get_nlp(lang: str):
     import spacy
 
     try:
-        return spacy.blank(lang)
+        spacy.util.get_lang_class(lang)
     except (ImportError, KeyError, ValueError) as e:
-        if isinstance(e, ImportError) and _spacy_has_module(lang):
-            # spaCy knows the language; its tokenizer needs a package that is not installed (ja: SudachiPy)
-            raise TwinheadError(f"params: preprocess.lang={lang!r}: spaCy's tokenizer for it needs a package "
-                                f"that is not installed: {e}") from e
         raise TwinheadError(f"params: preprocess.lang={lang!r} is not a language spaCy knows ({e})") from e
+    try:
+        return spacy.blank(lang)
+    except ImportError as e:
+        # spaCy knows the language; its tokenizer needs a package that is not installed (ja: SudachiPy)
+        raise TwinheadError(f"params: preprocess.lang={lang!r}: spaCy's tokenizer for it needs a package "
+                            f"that is not installed: {e}") from e
 
 
 MAX_RUN = 200  # longest whitespace-free run handed to spaCy at once (its affix splitting is quadratic)

@@ -408,7 +408,7 @@ class TrainState:
         """Count a training step's intent loss towards train.hold_tags' hold: the line saying the hold ended,
         at the step it ends, else None. Among N processes a window's mean is taken over all ranks, so every
         rank lifts it at the same step; one host read per window, and none once it has ended."""
-        if self.hold is None or self.hold.done:
+        if self.hold is None:
             return None
         world = self.sync.world
         return self.hold.step(stats.task_losses["intent"], lambda t: distributed.all_sum(t, world) / world.size)
