@@ -225,6 +225,20 @@ def test_model_config_checks_the_encoder_options():
         tiny_config(intent_level="token", sentence_head="multi")
 
 
+def test_word_init_std_scales_the_word_embeddings_and_moves_no_other_draw():
+    # the comparison of two starts is paired: the same seed gives every other weight exactly as before
+    base, _ = make(tiny_config(word_dim=64), seed=3)
+    small, _ = make(tiny_config(word_dim=64, word_init_std=0.1), seed=3)
+    torch.testing.assert_close(small.word_emb.weight, 0.1 * base.word_emb.weight)
+    assert small.word_emb.weight[0].abs().max() == 0  # <pad> stays zero
+    assert 0.05 < small.word_emb.weight[1:].std() < 0.2
+    for (name, p), q in zip(base.named_parameters(), small.parameters(), strict=True):
+        if name != "word_emb.weight":
+            assert torch.equal(p, q), name
+    with pytest.raises(ValueError, match="word_init_std\n  Input should be greater than 0"):
+        tiny_config(word_init_std=0)
+
+
 def test_the_encoder_options_default_off_and_keep_the_checkpoint_layout():
     # Checkpoints and bundles written before these options load unchanged: same parameter names and shapes.
     model, _ = make(tiny_config())

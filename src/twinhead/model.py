@@ -24,6 +24,8 @@ def _odd(k: int) -> int:
 @section
 class ModelConfig:
     word_dim: PosInt = 128  # word embedding size
+    # std of the word embeddings' random start: PyTorch's N(0, 1) scaled by it, so no other random draw moves
+    word_init_std: Annotated[float, Field(gt=0)] = 1.0
     char_dim: NonNegInt = 32  # character embedding size; 0 turns the character CNN off
     char_filters: PosInt = 64  # character CNN output channels
     char_kernel: Annotated[int, Field(ge=1), AfterValidator(_odd)] = 3  # character CNN window (odd)
@@ -187,6 +189,9 @@ class JointModel(nn.Module):
         n_out = len(self.sentence_labels) if self.sentence_labels is not None else intents
         h2 = 2 * cfg.hidden_size
         self.word_emb = nn.Embedding(n_words, cfg.word_dim, padding_idx=0)
+        if cfg.word_init_std != 1.0:
+            with torch.no_grad():
+                self.word_emb.weight.mul_(cfg.word_init_std)
         if not cfg.char_dim:
             self.char_cnn = None
         elif cfg.char_encoder == "bilstm":
