@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from twinhead.crf import NEG
 from twinhead.heads import TAG_HEADS, SentenceHead
-from twinhead.params import Fraction, Name, NonNegInt, PosInt, section
+from twinhead.params import Fraction, Name, NonNegInt, PosFloat, PosInt, section
 
 
 def _odd(k: int) -> int:
@@ -25,7 +25,7 @@ def _odd(k: int) -> int:
 class ModelConfig:
     word_dim: PosInt = 128  # word embedding size
     # std of the word embeddings' random start: PyTorch's N(0, 1) scaled by it, so no other random draw moves
-    word_init_std: Annotated[float, Field(gt=0)] = 1.0
+    word_init_std: PosFloat = 1.0
     char_dim: NonNegInt = 32  # character embedding size; 0 turns the character CNN off
     char_filters: PosInt = 64  # character CNN output channels
     char_kernel: Annotated[int, Field(ge=1), AfterValidator(_odd)] = 3  # character CNN window (odd)

@@ -23,6 +23,7 @@ section = dataclass(config=ConfigDict(extra="forbid", strict=True))
 PosInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]  # a probability that must leave something (dropout)
 Name = Annotated[str, Field(min_length=1)]
 

@@ -43,7 +43,7 @@ from twinhead.inference import collate, encode, predict_frame, predict_mapped
 from twinhead.metrics import summary
 from twinhead.model import JointModel, ModelConfig
 from twinhead.mtl import HOLD_MAX_EPOCHS, RULES, LossRule, StepStats, TagHold, make_rule, prior_loss
-from twinhead.params import Fraction, NonNegFloat, NonNegInt, PosInt, section
+from twinhead.params import Fraction, NonNegFloat, NonNegInt, PosFloat, PosInt, section
 from twinhead.vectors import init_embeddings
 from twinhead.vocab import Vocabs
 
@@ -67,7 +67,7 @@ def _device_name(name: str) -> str:
 class TrainConfig:
     epochs: PosInt = 100  # a cap: early stopping on the dev plateau ends a run (see patience)
     batch_size: PosInt = 64
-    lr: Annotated[float, Field(gt=0)] = 0.003  # Adam learning rate
+    lr: PosFloat = 0.003  # Adam learning rate
     weight_decay: NonNegFloat = 0.0
     # plateau: lr *= lr_decay after lr_patience epochs without dev improvement (ends with the data, not a
     # fixed epoch); cosine: anneal to 0 over `epochs`; none: constant
