@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--json", help="write the per-epoch scores and each one's best epoch here")
     args = ap.parse_args(argv)
+    if not all(0 < d < 1 for d in args.decays):
+        ap.error(f"--decays: each must be between 0 and 1 (exclusive), got {args.decays}")
     params = apply_sets(load_config({"base": BaseConfig, "preprocess": PreprocessConfig, "vocab": VocabConfig,
                                      "model": ModelConfig, "train": TrainConfig}, args.params),
                         [*args.set, f"base.seed={args.seed}"])
