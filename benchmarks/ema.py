@@ -40,11 +40,8 @@ from twinhead.errors import run_main  # noqa: E402
 from twinhead.model import ModelConfig  # noqa: E402
 from twinhead.params import BaseConfig, load_config  # noqa: E402
 from twinhead.preprocess import PreprocessConfig  # noqa: E402
-from twinhead.train import TrainConfig  # noqa: E402
+from twinhead.train import METRICS, TrainConfig  # noqa: E402
 from twinhead.vocab import VocabConfig, build_vocabs  # noqa: E402
-
-SHOWN = ("intent_accuracy", "slot_f1", "sentence_accuracy")
-
 
 class Shadows:
     """The EMA copies of a model's weights, one per decay, updated after each optimizer step."""
@@ -74,11 +71,11 @@ def best_of(rows: list[dict], name: str, metric: str) -> dict:
     """The epoch train.py would keep for `name`: the best dev selection score, ties to the earlier epoch."""
     best, best_score = None, None
     for r in rows:
-        score = tr.selection_score({k: r[f"{name}_dev_{k}"] for k in SHOWN}, metric)
+        score = tr.selection_score({k: r[f"{name}_dev_{k}"] for k in METRICS}, metric)
         if best_score is None or score > best_score:
             best, best_score = r, score
-    return {"epoch": best["epoch"], **{f"dev_{k}": best[f"{name}_dev_{k}"] for k in SHOWN},
-            **{f"test_{k}": best[f"{name}_test_{k}"] for k in SHOWN}}
+    return {"epoch": best["epoch"], **{f"dev_{k}": best[f"{name}_dev_{k}"] for k in METRICS},
+            **{f"test_{k}": best[f"{name}_test_{k}"] for k in METRICS}}
 
 
 def run(data: Path, params: dict, decays: list[float]) -> dict:
@@ -100,14 +97,14 @@ def run(data: Path, params: dict, decays: list[float]) -> dict:
     rows: list[dict] = []
 
     def on_epoch(row: dict) -> None:
-        out = {"epoch": row["epoch"], **{f"trained_dev_{k}": row[f"dev_{k}"] for k in SHOWN}}
+        out = {"epoch": row["epoch"], **{f"trained_dev_{k}": row[f"dev_{k}"] for k in METRICS}}
         t = time.perf_counter()
         test = tr.evaluate_frame(seen["model"], vocabs, test_df, tcfg.eval_batch_size)[0]
-        out.update({f"trained_test_{k}": test[k] for k in SHOWN})
+        out.update({f"trained_test_{k}": test[k] for k in METRICS})
         for d, m in shadows.models.items():
             for split, df in (("dev", dev_df), ("test", test_df)):
                 s = tr.evaluate_frame(m, vocabs, df, tcfg.eval_batch_size)[0]
-                out.update({f"ema{d}_{split}_{k}": s[k] for k in SHOWN})
+                out.update({f"ema{d}_{split}_{k}": s[k] for k in METRICS})
         out["scoring_seconds"] = time.perf_counter() - t
         rows.append(out)
         print("  dev sentence acc: trained {:.4f} | ".format(out["trained_dev_sentence_accuracy"])
@@ -147,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     res = run(Path(args.data), params, args.decays)
     for name, b in res["best"].items():
         print(f"{name:>10}: best dev epoch {b['epoch']:>3} | dev "
-              + " / ".join(f"{100 * b[f'dev_{k}']:.2f}" for k in SHOWN) + " | test "
-              + " / ".join(f"{100 * b[f'test_{k}']:.2f}" for k in SHOWN))
+              + " / ".join(f"{100 * b[f'dev_{k}']:.2f}" for k in METRICS) + " | test "
+              + " / ".join(f"{100 * b[f'test_{k}']:.2f}" for k in METRICS))
     if args.json:
         fileio.write_json(args.json, res)
     return 0
