@@ -348,3 +348,66 @@ def test_flush_denormal_makes_training_compute_denormals_as_zero_and_off_restore
               on_epoch=probe, progress=False)
     assert probes[0] == 0.0
     assert probes[1] == pytest.approx(1e-39, rel=1e-3)  # and the process's default is back
+
+
+def test_mention_replacement_reads_spans_as_other_spans_of_their_type_and_leaves_the_rest(data):
+    """train.mention_replace: each replaced span is a span of its type as it is in train (words, characters,
+    tags, singleton flags), the words around it are the sentence's own, and the batch's other draws (batch
+    order, word dropout) come from the run's generator exactly as without replacement."""
+    from twinhead.text import bio_to_spans
+
+    tr, _, vocabs = data
+    model = JointModel(MCFG, len(vocabs.words), len(vocabs.chars), vocabs.tags.itos, vocabs.intents.itos)
+    td = TrainData(tr, vocabs, MCFG, model.intent_targets)
+    idx = list(range(len(td)))
+    gen, plain_gen = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    td.batch(idx, "cpu", 0.5, gen, mention_replace=1.0, mention_gen=torch.Generator().manual_seed(4))
+    td.batch(idx, "cpu", 0.5, plain_gen)
+    assert torch.equal(gen.get_state(), plain_gen.get_state())  # the next batches are those of a plain run
+    batch = td.batch(idx, "cpu", 0.0, gen, mention_replace=1.0, mention_gen=torch.Generator().manual_seed(4))
+    plain = td.batch(idx, "cpu", 0.0, gen)
+    pool = {}  # type -> the spans of train as (words, tags)
+    for i, (w, _, tg, _) in enumerate(td.arrays):
+        for s, e, typ in td.spans[i]:
+            pool.setdefault(typ, set()).add((tuple(w[s:e]), tuple(tg[s:e])))
+    changed = 0
+    for r, i in enumerate(idx):
+        n = int(batch.lengths[r])
+        tags = [vocabs.tags.itos[t] for t in batch.tags[r, :n].tolist()]
+        words = batch.words[r, :n].tolist()
+        new, old = bio_to_spans(tags), td.spans[i]
+        assert [t for _, _, t in new] == [t for _, _, t in old]  # every span kept its type and place in order
+        def gaps(ws, spans):  # the words before, between and after the spans
+            cuts = [0, *(k for s, e, _ in spans for k in (s, e)), len(ws)]
+            return [list(ws[a:b]) for a, b in zip(cuts[::2], cuts[1::2])]
+
+        assert gaps(words, new) == gaps(td.arrays[i][0].tolist(), old)
+        for s, e, typ in new:
+            assert (tuple(words[s:e]), tuple(batch.tags[r, s:e].tolist())) in pool[typ]
+        for k in range(n):  # each word's characters travel with it
+            if words[k] > 1:
+                spelt = "".join(vocabs.chars.itos[c] for c in batch.chars[r, k].tolist() if c > 0)
+                assert spelt == vocabs.words.itos[words[k]][: MCFG.max_word_len]
+        changed += words != plain.words[r, : len(td.arrays[i][0])].tolist() or n != len(td.arrays[i][0])
+    assert changed > len(idx) // 2
+    # p = 0 and a sentence without spans: what a run without mention replacement reads
+    none = td.batch(idx, "cpu", 0.0, torch.Generator().manual_seed(3), mention_replace=0.0)
+    assert torch.equal(none.words, td.batch(idx, "cpu", 0.0, torch.Generator().manual_seed(3)).words)
+    bare = [i for i in idx if not td.spans[i]]
+    if bare:
+        b = td.batch(bare, "cpu", 0.0, torch.Generator(), mention_replace=1.0, mention_gen=torch.Generator())
+        assert torch.equal(b.words, td.batch(bare, "cpu", 0.0, torch.Generator()).words)
+
+
+def test_mention_replacement_trains_differently_and_resumes_exactly(data, tmp_path):
+    tr, dev, vocabs = data
+    tcfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, patience=0, mention_replace=0.5)
+    full = train(tr, dev, vocabs, MCFG, tcfg, seed=2, progress=False)
+    plain = train(tr, dev, vocabs, MCFG, dataclasses.replace(tcfg, mention_replace=0.0), seed=2, progress=False)
+    assert full.history[0]["train_loss"] != plain.history[0]["train_loss"]
+    state = tmp_path / "state.pt"
+    train_killed_after(1, data, tcfg, 2, state)
+    resumed = train(tr, dev, vocabs, MCFG, tcfg, seed=2, state_path=state, progress=False)
+    assert resumed.resumed_from == 1
+    for k, v in full.best_state.items():  # the replacement draws went on where they stopped
+        assert torch.equal(v, resumed.best_state[k]), k

@@ -44,6 +44,7 @@ from twinhead.metrics import summary
 from twinhead.model import JointModel, ModelConfig
 from twinhead.mtl import HOLD_MAX_EPOCHS, RULES, LossRule, StepStats, TagHold, make_rule, prior_loss
 from twinhead.params import Fraction, NonNegFloat, NonNegInt, PosFloat, PosInt, section
+from twinhead.text import bio_to_spans
 from twinhead.vectors import init_embeddings
 from twinhead.vocab import Vocabs
 
@@ -102,6 +103,10 @@ class TrainConfig:
     # intent loss falls below this share of the loss of answering train's label frequencies (at most 3 epochs;
     # twinhead.mtl.TagHold, README "Multi-task learning"). 0: off
     hold_tags: Annotated[float, Field(ge=0, le=1)] = 0.9
+    # > 0: mention replacement: each labelled span of a training sentence is, with this probability and anew at
+    # every step, read as a span of the same type drawn at random from train's (README "Results"). Drawn from a
+    # generator of its own, so batch order and word dropout are those of the same run without it. 0: off
+    mention_replace: Fraction = 0.0
 
     def __post_init__(self):
         if len(set(self.tasks)) != len(self.tasks):
@@ -216,7 +221,9 @@ class TrainData:
 
     def __init__(self, df: pd.DataFrame, vocabs: Vocabs, mcfg: ModelConfig, intent_targets: Callable):
         self.arrays, intents = [], []
+        self.spans: list[list[tuple[int, int, str]]] = []  # each sentence's labelled spans (start, end, type)
         self.truncated = 0
+        self.max_len = mcfg.max_len
         counts = Counter(w for ws in df["words"] for w in ws)
         for ws, ts, intent in zip(df["words"], df["word_tags"], df["intent"]):
             ws, ts = list(ws), list(ts)
@@ -228,10 +235,16 @@ class TrainData:
             words, chars, _ = collate([encode(ws, vocabs, mcfg.max_word_len)], "cpu")  # (1, n), (1, n, C)
             self.arrays.append((words[0].numpy(), chars[0].numpy(), np.asarray(vocabs.tags.encode(ts), dtype=np.int64),
                                 np.array([counts[w] == 1 for w in ws])))
+            self.spans.append(bio_to_spans(ts))
             intents.append(intent)
         self.intents = intent_targets(intents)  # (N,) or (N, L)
         self.lengths = np.array([len(a[0]) for a in self.arrays], dtype=np.int64)  # words per sentence
-        self.words = int(self.lengths.sum())  # words read per epoch
+        self.words = int(self.lengths.sum())  # words read per epoch (without train.mention_replace's changes)
+        # train.mention_replace's pool: every span of train by type, as (sentence, start, end)
+        self.mentions: dict[str, list[tuple[int, int, int]]] = {}
+        for i, spans in enumerate(self.spans):
+            for s, e, typ in spans:
+                self.mentions.setdefault(typ, []).append((i, s, e))
 
     def __len__(self) -> int:
         return len(self.arrays)
@@ -247,15 +260,56 @@ class TrainData:
             out.extend(chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size))
         return [out[k] for k in torch.randperm(len(out), generator=gen).tolist()]
 
+    def replaced(self, idx: list[int], p: float, gen: torch.Generator) -> dict[int, tuple]:
+        """train.mention_replace: for the sentences `idx`, each span replaced with probability p by a span of its
+        type drawn from train (the same words, characters, tags and singleton flags as where it was drawn);
+        {sentence: its arrays} for the sentences that changed. Two draws per span of the batch, whatever the
+        outcome, so every rank draws the same; a sentence that would outgrow model.max_len keeps its words."""
+        spans = [(i, s, e, typ) for i in idx for s, e, typ in self.spans[i]]
+        if not spans:
+            return {}
+        hit, pick = torch.rand((2, len(spans)), generator=gen).tolist()
+        swap: dict[int, dict[int, tuple[int, int, int]]] = {}
+        for (i, s, e, typ), h, k in zip(spans, hit, pick):
+            if h < p:
+                pool = self.mentions[typ]
+                swap.setdefault(i, {})[s] = (e, *pool[min(int(k * len(pool)), len(pool) - 1)])
+        out = {}
+        for i, subs in swap.items():
+            pieces, at = [], 0
+            for s in sorted(subs):
+                e, j, s2, e2 = subs[s]
+                pieces += [(i, at, s), (j, s2, e2)]
+                at = e
+            pieces.append((i, at, len(self.arrays[i][0])))
+            if sum(e - s for _, s, e in pieces) > self.max_len:
+                continue
+            width = max(self.arrays[j][1].shape[1] for j, _, _ in pieces)
+            chars = [np.pad(self.arrays[j][1][s:e], ((0, 0), (0, width - self.arrays[j][1].shape[1])))
+                     for j, s, e in pieces]
+            out[i] = (np.concatenate([self.arrays[j][0][s:e] for j, s, e in pieces]), np.concatenate(chars),
+                      np.concatenate([self.arrays[j][2][s:e] for j, s, e in pieces]),
+                      np.concatenate([self.arrays[j][3][s:e] for j, s, e in pieces]))
+        return out
+
     def batch(self, idx: list[int], device, word_dropout: float, gen: torch.Generator,
-              world: World | None = None) -> Batch:
-        """This rank's rows of the batch `idx` (all of them with one process) on `device`."""
+              world: World | None = None, mention_replace: float = 0.0,
+              mention_gen: torch.Generator | None = None) -> Batch:
+        """This rank's rows of the batch `idx` (all of them with one process) on `device`; with
+        `mention_replace` > 0, spans replaced as `replaced` draws them from `mention_gen`."""
         world = world or World()
         device = torch.device(device)
-        lens = self.lengths[idx].tolist()
+        changed = self.replaced(idx, mention_replace, mention_gen) if mention_replace > 0 else {}
+        arrays = [changed.get(i) or self.arrays[i] for i in idx]
+        lens = [len(a[0]) for a in arrays]
         # Drawn for the whole batch on every rank: the draws of one process, and the generator (which orders
-        # the next batches) stays in step on all ranks.
-        draws = torch.rand((len(idx), max(lens)), generator=gen) if word_dropout > 0 else None
+        # the next batches) stays in step on all ranks. Its draws cover the sentences as they are in train; the
+        # words that replaced spans add beyond that draw from mention_gen.
+        draws = None
+        if word_dropout > 0:
+            draws = torch.rand((len(idx), int(self.lengths[idx].max())), generator=gen)
+            if max(lens) > draws.shape[1]:
+                draws = torch.cat([draws, torch.rand((len(idx), max(lens) - draws.shape[1]), generator=mention_gen)], 1)
         rows = distributed.shard_rows(len(idx), world)
         scale = None
         if world.size > 1:
@@ -264,14 +318,14 @@ class TrainData:
             rows = rows or [0]  # no rows left for this rank: it still takes part, with a weight of 0
         mine = [idx[r] for r in rows]
         # collate's tensors (words (B, T), chars (B, T, C), mask (B, T)), from the arrays built once
-        n = self.lengths[mine]
-        t, c = int(n.max()), max(self.arrays[i][1].shape[1] for i in mine)
+        n = np.array([lens[r] for r in rows], dtype=np.int64)
+        t, c = int(n.max()), max(arrays[r][1].shape[1] for r in rows)
         words = np.zeros((len(mine), t), dtype=np.int64)
         chars = np.zeros((len(mine), t, c), dtype=np.int64)
         tags = np.full((len(mine), t), -100, dtype=np.int64)  # -100: ignored by the loss (padding)
         single = np.zeros((len(mine), t), dtype=bool)
-        for r, i in enumerate(mine):
-            w, ch, tg, sg = self.arrays[i]
+        for r, row in enumerate(rows):
+            w, ch, tg, sg = arrays[row]
             words[r, : len(w)], tags[r, : len(w)], single[r, : len(w)] = w, tg, sg
             chars[r, : len(w), : ch.shape[1]] = ch
         words, chars, tags = torch.from_numpy(words), torch.from_numpy(chars), torch.from_numpy(tags)
@@ -403,6 +457,7 @@ class TrainState:
     recent: list[dict] = field(default_factory=list)  # train.average_last: the last epochs' weights, oldest first
     best_window: list[dict] = field(default_factory=list)  # ...as they were at the best epoch
     hold: TagHold | None = None  # train.hold_tags: the tag loss held until the intent loss moves (None: off)
+    mention_gen: torch.Generator | None = None  # train.mention_replace's draws (None: off)
 
     def step_hold(self, stats: StepStats) -> str | None:
         """Count a training step's intent loss towards train.hold_tags' hold: the line saying the hold ended,
@@ -422,6 +477,7 @@ class TrainState:
             "best_state": self.best_state, "best_scores": self.best_scores,
             "recent": self.recent, "best_window": self.best_window,
             "hold": self.hold.state_dict() if self.hold else None,
+            "mention_rng": self.mention_gen.get_state() if self.mention_gen else None,
         }
 
     def load_state_dict(self, st: dict) -> None:
@@ -436,6 +492,8 @@ class TrainState:
         self.recent, self.best_window = st["recent"], st["best_window"]
         if self.hold and st["hold"]:
             self.hold.load_state_dict(st["hold"])
+        if self.mention_gen is not None and st.get("mention_rng") is not None:
+            self.mention_gen.set_state(st["mention_rng"])
 
 
 def new_state(model: JointModel, tcfg: TrainConfig, steps_per_epoch: int, seed: int,
@@ -468,7 +526,10 @@ def new_state(model: JointModel, tcfg: TrainConfig, steps_per_epoch: int, seed: 
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     hold = tag_hold(model, rule, tcfg, intents, steps_per_epoch) if intents is not None else None
-    return TrainState(model, opt, sched, rule, gen, sync, hold=hold)
+    # its own stream (not the seed's next one, which another run's gen would share): batch order and word
+    # dropout stay those of the run without mention replacement
+    mention_gen = torch.Generator().manual_seed(seed * 1_000_003 + 7) if tcfg.mention_replace > 0 else None
+    return TrainState(model, opt, sched, rule, gen, sync, hold=hold, mention_gen=mention_gen)
 
 
 def tag_hold(model: JointModel, rule: LossRule, tcfg: TrainConfig, intents: torch.Tensor,
@@ -571,7 +632,8 @@ def run_epoch(state: TrainState, data: TrainData, tcfg: TrainConfig, device, pro
                disable=not (progress and world.main), mininterval=1.0, leave=False)
     for step, idx in enumerate(bar, start=1):
         measure = bool(tcfg.conflict_every) and step % tcfg.conflict_every == 0 and len(tcfg.tasks) > 1
-        stats = train_step(state, data.batch(idx, device, tcfg.word_dropout, state.gen, world), tcfg, measure)
+        batch = data.batch(idx, device, tcfg.word_dropout, state.gen, world, tcfg.mention_replace, state.mention_gen)
+        stats = train_step(state, batch, tcfg, measure)
         failpoints.hit("train:step")
         said = state.step_hold(stats)
         if said and world.main:
