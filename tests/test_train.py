@@ -352,35 +352,35 @@ def test_flush_denormal_makes_training_compute_denormals_as_zero_and_off_restore
 
 def test_mention_replacement_reads_spans_as_other_spans_of_their_type_and_leaves_the_rest(data):
     """train.mention_replace: each replaced span is a span of its type as it is in train (words, characters,
-    tags, singleton flags), the words around it are the sentence's own, and the batch's other draws (batch
-    order, word dropout) come from the run's generator exactly as without replacement."""
+    tags, singleton flags), the words around it are the sentence's own, the epoch's batches are cut by the new
+    lengths, and p = 0 reads train as it is."""
     from twinhead.text import bio_to_spans
 
     tr, _, vocabs = data
     model = JointModel(MCFG, len(vocabs.words), len(vocabs.chars), vocabs.tags.itos, vocabs.intents.itos)
     td = TrainData(tr, vocabs, MCFG, model.intent_targets)
     idx = list(range(len(td)))
-    gen, plain_gen = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    td.batch(idx, "cpu", 0.5, gen, mention_replace=1.0, mention_gen=torch.Generator().manual_seed(4))
-    td.batch(idx, "cpu", 0.5, plain_gen)
-    assert torch.equal(gen.get_state(), plain_gen.get_state())  # the next batches are those of a plain run
-    batch = td.batch(idx, "cpu", 0.0, gen, mention_replace=1.0, mention_gen=torch.Generator().manual_seed(4))
-    plain = td.batch(idx, "cpu", 0.0, gen)
+    plain = td.batch(idx, "cpu", 0.0, torch.Generator())
+    plain_batches = td.batches(16, torch.Generator().manual_seed(3))
+    td.draw_mentions(1.0, torch.Generator().manual_seed(4))
+    batch = td.batch(idx, "cpu", 0.0, torch.Generator())
     pool = {}  # type -> the spans of train as (words, tags)
     for i, (w, _, tg, _) in enumerate(td.arrays):
         for s, e, typ in td.spans[i]:
             pool.setdefault(typ, set()).add((tuple(w[s:e]), tuple(tg[s:e])))
+
+    def gaps(ws, spans):  # the words before, between and after the spans
+        cuts = [0, *(k for s, e, _ in spans for k in (s, e)), len(ws)]
+        return [list(ws[a:b]) for a, b in zip(cuts[::2], cuts[1::2])]
+
     changed = 0
     for r, i in enumerate(idx):
         n = int(batch.lengths[r])
+        assert n == td.epoch_lengths[i]
         tags = [vocabs.tags.itos[t] for t in batch.tags[r, :n].tolist()]
         words = batch.words[r, :n].tolist()
         new, old = bio_to_spans(tags), td.spans[i]
         assert [t for _, _, t in new] == [t for _, _, t in old]  # every span kept its type and place in order
-        def gaps(ws, spans):  # the words before, between and after the spans
-            cuts = [0, *(k for s, e, _ in spans for k in (s, e)), len(ws)]
-            return [list(ws[a:b]) for a, b in zip(cuts[::2], cuts[1::2])]
-
         assert gaps(words, new) == gaps(td.arrays[i][0].tolist(), old)
         for s, e, typ in new:
             assert (tuple(words[s:e]), tuple(batch.tags[r, s:e].tolist())) in pool[typ]
@@ -389,14 +389,13 @@ def test_mention_replacement_reads_spans_as_other_spans_of_their_type_and_leaves
                 spelt = "".join(vocabs.chars.itos[c] for c in batch.chars[r, k].tolist() if c > 0)
                 assert spelt == vocabs.words.itos[words[k]][: MCFG.max_word_len]
         changed += words != plain.words[r, : len(td.arrays[i][0])].tolist() or n != len(td.arrays[i][0])
-    assert changed > len(idx) // 2
-    # p = 0 and a sentence without spans: what a run without mention replacement reads
-    none = td.batch(idx, "cpu", 0.0, torch.Generator().manual_seed(3), mention_replace=0.0)
-    assert torch.equal(none.words, td.batch(idx, "cpu", 0.0, torch.Generator().manual_seed(3)).words)
-    bare = [i for i in idx if not td.spans[i]]
-    if bare:
-        b = td.batch(bare, "cpu", 0.0, torch.Generator(), mention_replace=1.0, mention_gen=torch.Generator())
-        assert torch.equal(b.words, td.batch(bare, "cpu", 0.0, torch.Generator()).words)
+    assert changed > len(idx) // 2 and td.words == int(batch.lengths.sum())
+    # cut from one pool (120 sentences) sorted by the new lengths: the batches' length ranges do not overlap
+    ranges = sorted((min(td.epoch_lengths[b]), max(td.epoch_lengths[b])) for b in td.batches(16, torch.Generator()))
+    assert all(hi <= lo for (_, hi), (lo, _) in zip(ranges, ranges[1:]))
+    td.draw_mentions(0.0, torch.Generator().manual_seed(4))
+    assert torch.equal(td.batch(idx, "cpu", 0.0, torch.Generator()).words, plain.words)
+    assert td.batches(16, torch.Generator().manual_seed(3)) == plain_batches
 
 
 def test_mention_replacement_trains_differently_and_resumes_exactly(data, tmp_path):

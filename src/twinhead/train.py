@@ -103,9 +103,9 @@ class TrainConfig:
     # intent loss falls below this share of the loss of answering train's label frequencies (at most 3 epochs;
     # twinhead.mtl.TagHold, README "Multi-task learning"). 0: off
     hold_tags: Annotated[float, Field(ge=0, le=1)] = 0.9
-    # > 0: mention replacement: each labelled span of a training sentence is, with this probability and anew at
-    # every step, read as a span of the same type drawn at random from train's (README "Results"). Drawn from a
-    # generator of its own, so batch order and word dropout are those of the same run without it. 0: off
+    # > 0: mention replacement: each labelled span of a training sentence is, with this probability and anew in
+    # every epoch, read as a span of the same type drawn at random from train's (README "Results"); drawn from
+    # a generator of its own. 0: off
     mention_replace: Fraction = 0.0
 
     def __post_init__(self):
@@ -239,7 +239,10 @@ class TrainData:
             intents.append(intent)
         self.intents = intent_targets(intents)  # (N,) or (N, L)
         self.lengths = np.array([len(a[0]) for a in self.arrays], dtype=np.int64)  # words per sentence
-        self.words = int(self.lengths.sum())  # words read per epoch (without train.mention_replace's changes)
+        self.words = int(self.lengths.sum())  # words read per epoch (this epoch's, with train.mention_replace)
+        # the sentences as this epoch reads them: train.mention_replace's changed ones (else none) and all lengths
+        self.epoch_arrays: dict[int, tuple] = {}
+        self.epoch_lengths = self.lengths
         # train.mention_replace's pool: every span of train by type, as (sentence, start, end)
         self.mentions: dict[str, list[tuple[int, int, int]]] = {}
         for i, spans in enumerate(self.spans):
@@ -256,15 +259,25 @@ class TrainData:
         out = []
         step = batch_size * pool
         for p in range(0, len(order), step):
-            chunk = sorted(order[p : p + step], key=lambda i: self.lengths[i])
+            chunk = sorted(order[p : p + step], key=lambda i: self.epoch_lengths[i])
             out.extend(chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size))
         return [out[k] for k in torch.randperm(len(out), generator=gen).tolist()]
 
-    def replaced(self, idx: list[int], p: float, gen: torch.Generator) -> dict[int, tuple]:
+    def draw_mentions(self, p: float, gen: torch.Generator) -> None:
+        """train.mention_replace, before an epoch's batches: this epoch's sentences, each span replaced with
+        probability p (`replaced`). The batches are then cut by the new lengths, so a batch still holds few
+        lengths (the CPU's LSTM runs once per length: mixed lengths would cost up to 1.7 times the time)."""
+        self.epoch_arrays = self.replaced(range(len(self)), p, gen)
+        self.epoch_lengths = self.lengths.copy()
+        for i, a in self.epoch_arrays.items():
+            self.epoch_lengths[i] = len(a[0])
+        self.words = int(self.epoch_lengths.sum())
+
+    def replaced(self, idx, p: float, gen: torch.Generator) -> dict[int, tuple]:
         """train.mention_replace: for the sentences `idx`, each span replaced with probability p by a span of its
         type drawn from train (the same words, characters, tags and singleton flags as where it was drawn);
-        {sentence: its arrays} for the sentences that changed. Two draws per span of the batch, whatever the
-        outcome, so every rank draws the same; a sentence that would outgrow model.max_len keeps its words."""
+        {sentence: its arrays} for the sentences that changed. Two draws per span, whatever the outcome, from a
+        generator every rank seeds alike; a sentence that would outgrow model.max_len keeps its words."""
         spans = [(i, s, e, typ) for i in idx for s, e, typ in self.spans[i]]
         if not spans:
             return {}
@@ -297,23 +310,16 @@ class TrainData:
         return out
 
     def batch(self, idx: list[int], device, word_dropout: float, gen: torch.Generator,
-              world: World | None = None, mention_replace: float = 0.0,
-              mention_gen: torch.Generator | None = None) -> Batch:
-        """This rank's rows of the batch `idx` (all of them with one process) on `device`; with
-        `mention_replace` > 0, spans replaced as `replaced` draws them from `mention_gen`."""
+              world: World | None = None) -> Batch:
+        """This rank's rows of the batch `idx` (all of them with one process) on `device`, as this epoch
+        reads them (`draw_mentions`)."""
         world = world or World()
         device = torch.device(device)
-        changed = self.replaced(idx, mention_replace, mention_gen) if mention_replace > 0 else {}
-        arrays = [changed.get(i) or self.arrays[i] for i in idx]
+        arrays = [self.epoch_arrays.get(i) or self.arrays[i] for i in idx]
         lens = [len(a[0]) for a in arrays]
         # Drawn for the whole batch on every rank: the draws of one process, and the generator (which orders
-        # the next batches) stays in step on all ranks. Its draws cover the sentences as they are in train; the
-        # words that replaced spans add beyond that draw from mention_gen.
-        draws = None
-        if word_dropout > 0:
-            draws = torch.rand((len(idx), int(self.lengths[idx].max())), generator=gen)
-            if max(lens) > draws.shape[1]:
-                draws = torch.cat([draws, torch.rand((len(idx), max(lens) - draws.shape[1]), generator=mention_gen)], 1)
+        # the next batches) stays in step on all ranks.
+        draws = torch.rand((len(idx), max(lens)), generator=gen) if word_dropout > 0 else None
         rows = distributed.shard_rows(len(idx), world)
         scale = None
         if world.size > 1:
@@ -530,8 +536,7 @@ def new_state(model: JointModel, tcfg: TrainConfig, steps_per_epoch: int, seed: 
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     hold = tag_hold(model, rule, tcfg, intents, steps_per_epoch) if intents is not None else None
-    # its own stream (not the seed's next one, which another run's gen would share): batch order and word
-    # dropout stay those of the run without mention replacement
+    # its own stream, not the seed's next one (which another seed's run would share as its gen)
     mention_gen = torch.Generator().manual_seed(seed * 1_000_003 + 7) if tcfg.mention_replace > 0 else None
     return TrainState(model, opt, sched, rule, gen, sync, hold=hold, mention_gen=mention_gen)
 
@@ -631,13 +636,14 @@ def run_epoch(state: TrainState, data: TrainData, tcfg: TrainConfig, device, pro
     state.model.train()
     sums: dict[str, torch.Tensor | float] = {}
     cosines = []
+    if state.mention_gen is not None:
+        data.draw_mentions(tcfg.mention_replace, state.mention_gen)
     batches = data.batches(tcfg.batch_size, state.gen)
     bar = tqdm(batches, desc=f"epoch {state.epoch + 1}/{tcfg.epochs}", unit="batch",
                disable=not (progress and world.main), mininterval=1.0, leave=False)
     for step, idx in enumerate(bar, start=1):
         measure = bool(tcfg.conflict_every) and step % tcfg.conflict_every == 0 and len(tcfg.tasks) > 1
-        batch = data.batch(idx, device, tcfg.word_dropout, state.gen, world, tcfg.mention_replace, state.mention_gen)
-        stats = train_step(state, batch, tcfg, measure)
+        stats = train_step(state, data.batch(idx, device, tcfg.word_dropout, state.gen, world), tcfg, measure)
         failpoints.hit("train:step")
         said = state.step_hold(stats)
         if said and world.main:
