@@ -106,7 +106,7 @@ class TrainConfig:
     # > 0: mention replacement: each labelled span of a training sentence is, with this probability and anew in
     # every epoch, read as a span of the same type drawn at random from train's (README "Results"); drawn from
     # a generator of its own. 0: off
-    mention_replace: Fraction = 0.0
+    mention_replace: Fraction = 0.3
 
     def __post_init__(self):
         if len(set(self.tasks)) != len(self.tasks):
