@@ -10,6 +10,7 @@ import torch
 from tests.conftest import snips_sample
 from twinhead.model import JointModel, ModelConfig
 from twinhead.preprocess import PreprocessConfig, preprocess
+from twinhead.text import bio_to_spans
 from twinhead.train import (
     TrainConfig,
     TrainData,
@@ -397,6 +398,30 @@ def test_mention_replacement_reads_spans_as_other_spans_of_their_type_and_leaves
     td.draw_mentions(0.0, torch.Generator().manual_seed(4))
     assert torch.equal(td.batch(idx, "cpu", 0.0, torch.Generator()).words, plain.words)
     assert td.batches(16, torch.Generator().manual_seed(3)) == plain_batches
+
+
+def test_mention_pool_label_draws_spans_from_sentences_of_the_same_label(data):
+    """train.mention_pool "label": a replaced span comes from a sentence of the same intent (so a title never
+    moves to a sentence of another intent); "type" draws across intents, which the sample's shared types show."""
+    tr, _, vocabs = data
+    model = JointModel(MCFG, len(vocabs.words), len(vocabs.chars), vocabs.tags.itos, vocabs.intents.itos)
+    td = TrainData(tr, vocabs, MCFG, model.intent_targets)
+    labels = [i for ws, i in zip(tr["words"], tr["intent"]) if len(ws)]
+    where = {}  # (type, words, tags) -> the labels of the sentences it is in
+    for i, (w, _, tg, _) in enumerate(td.arrays):
+        for s, e, typ in td.spans[i]:
+            where.setdefault((typ, tuple(w[s:e]), tuple(tg[s:e])), set()).add(labels[i])
+    crossed = {}
+    for pool in ("label", "type"):
+        td.draw_mentions(1.0, torch.Generator().manual_seed(4), pool)
+        assert td.epoch_arrays  # spans were replaced
+        crossed[pool] = 0
+        for i, (w, _, tg, _) in td.epoch_arrays.items():
+            new = bio_to_spans([vocabs.tags.itos[t] for t in tg])
+            assert [t for _, _, t in new] == [t for _, _, t in td.spans[i]]
+            for s, e, typ in new:
+                crossed[pool] += labels[i] not in where[(typ, tuple(w[s:e]), tuple(tg[s:e]))]
+    assert crossed["label"] == 0 and crossed["type"] > 0
 
 
 def test_mention_replacement_trains_differently_and_resumes_exactly(data, tmp_path):

@@ -107,6 +107,10 @@ class TrainConfig:
     # every epoch, read as a span of the same type drawn at random from train's (README "Results"); drawn from
     # a generator of its own. 0: off
     mention_replace: Fraction = 0.3
+    # where train.mention_replace draws a span from: "type", any span of its type in train; "label", a span of
+    # its type in a sentence of the same sentence label (the whole label set, for multi-label data), so that a
+    # title never moves to a sentence of another intent
+    mention_pool: Literal["type", "label"] = "type"
 
     def __post_init__(self):
         if len(set(self.tasks)) != len(self.tasks):
@@ -222,6 +226,7 @@ class TrainData:
     def __init__(self, df: pd.DataFrame, vocabs: Vocabs, mcfg: ModelConfig, intent_targets: Callable):
         self.arrays, intents = [], []
         self.spans: list[list[tuple[int, int, str]]] = []  # each sentence's labelled spans (start, end, type)
+        labels = []  # each sentence's label as a key (train.mention_pool "label")
         self.truncated = 0
         self.max_len = mcfg.max_len
         counts = Counter(w for ws in df["words"] for w in ws)
@@ -237,17 +242,21 @@ class TrainData:
                                 np.array([counts[w] == 1 for w in ws])))
             self.spans.append(bio_to_spans(ts))
             intents.append(intent)
+            labels.append(intent if isinstance(intent, str) or intent is None else repr(intent))
         self.intents = intent_targets(intents)  # (N,) or (N, L)
         self.lengths = np.array([len(a[0]) for a in self.arrays], dtype=np.int64)  # words per sentence
         self.words = int(self.lengths.sum())  # words read per epoch (this epoch's, with train.mention_replace)
         # the sentences as this epoch reads them: train.mention_replace's changed ones (else none) and all lengths
         self.epoch_arrays: dict[int, tuple] = {}
         self.epoch_lengths = self.lengths
-        # train.mention_replace's pool: every span of train by type, as (sentence, start, end)
-        self.mentions: dict[str, list[tuple[int, int, int]]] = {}
-        for i, spans in enumerate(self.spans):
+        # train.mention_replace's pools: every span of train by type, and by (type, sentence label), as
+        # (sentence, start, end); a span is drawn from its own sentence's pool key
+        self.mentions: dict[str | tuple, list[tuple[int, int, int]]] = {}
+        for i, (spans, label) in enumerate(zip(self.spans, labels)):
             for s, e, typ in spans:
                 self.mentions.setdefault(typ, []).append((i, s, e))
+                self.mentions.setdefault((typ, label), []).append((i, s, e))
+        self.labels = labels
 
     def __len__(self) -> int:
         return len(self.arrays)
@@ -263,19 +272,20 @@ class TrainData:
             out.extend(chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size))
         return [out[k] for k in torch.randperm(len(out), generator=gen).tolist()]
 
-    def draw_mentions(self, p: float, gen: torch.Generator) -> None:
+    def draw_mentions(self, p: float, gen: torch.Generator, pool: str = "type") -> None:
         """train.mention_replace, before an epoch's batches: this epoch's sentences, each span replaced with
         probability p (`replaced`). The batches are then cut by the new lengths, so a batch still holds few
         lengths (the CPU's LSTM runs once per length: mixed lengths would cost up to 1.7 times the time)."""
-        self.epoch_arrays = self.replaced(range(len(self)), p, gen)
+        self.epoch_arrays = self.replaced(range(len(self)), p, gen, pool)
         self.epoch_lengths = self.lengths.copy()
         for i, a in self.epoch_arrays.items():
             self.epoch_lengths[i] = len(a[0])
         self.words = int(self.epoch_lengths.sum())
 
-    def replaced(self, idx, p: float, gen: torch.Generator) -> dict[int, tuple]:
+    def replaced(self, idx, p: float, gen: torch.Generator, pool: str = "type") -> dict[int, tuple]:
         """train.mention_replace: for the sentences `idx`, each span replaced with probability p by a span of its
-        type drawn from train (the same words, characters, tags and singleton flags as where it was drawn);
+        type drawn from train (the same words, characters, tags and singleton flags as where it was drawn), from
+        a sentence of the same label too if `pool` is "label" (train.mention_pool);
         {sentence: its arrays} for the sentences that changed. Two draws per span, whatever the outcome, from a
         generator every rank seeds alike; a sentence that would outgrow model.max_len keeps its words."""
         spans = [(i, s, e, typ) for i in idx for s, e, typ in self.spans[i]]
@@ -285,8 +295,8 @@ class TrainData:
         swap: dict[int, list[tuple[int, int, int, int, int]]] = {}  # sentence -> (start, end, from, start, end)
         for (i, s, e, typ), h, k in zip(spans, hit, pick):
             if h < p:
-                pool = self.mentions[typ]
-                swap.setdefault(i, []).append((s, e, *pool[min(int(k * len(pool)), len(pool) - 1)]))
+                spans_of = self.mentions[(typ, self.labels[i]) if pool == "label" else typ]
+                swap.setdefault(i, []).append((s, e, *spans_of[min(int(k * len(spans_of)), len(spans_of) - 1)]))
         out = {}
         for i, subs in swap.items():
             pieces, at = [], 0  # (sentence, start, end): the sentence's own words and the spans put in
@@ -637,7 +647,7 @@ def run_epoch(state: TrainState, data: TrainData, tcfg: TrainConfig, device, pro
     sums: dict[str, torch.Tensor | float] = {}
     cosines = []
     if state.mention_gen is not None:
-        data.draw_mentions(tcfg.mention_replace, state.mention_gen)
+        data.draw_mentions(tcfg.mention_replace, state.mention_gen, tcfg.mention_pool)
     batches = data.batches(tcfg.batch_size, state.gen)
     bar = tqdm(batches, desc=f"epoch {state.epoch + 1}/{tcfg.epochs}", unit="batch",
                disable=not (progress and world.main), mininterval=1.0, leave=False)
