@@ -108,7 +108,7 @@ class TrainConfig:
     # a generator of its own. 0: off
     mention_replace: Fraction = 0.3
     # where train.mention_replace draws a span from: "type", any span of its type in train; "label", a span of
-    # its type in a sentence of the same sentence label (the whole label set, for multi-label data), so that a
+    # its type in a sentence with the same label (as written: a multi-label "a#b" and "b#a" are two), so that a
     # title never moves to a sentence of another intent
     mention_pool: Literal["type", "label"] = "type"
 
@@ -226,7 +226,6 @@ class TrainData:
     def __init__(self, df: pd.DataFrame, vocabs: Vocabs, mcfg: ModelConfig, intent_targets: Callable):
         self.arrays, intents = [], []
         self.spans: list[list[tuple[int, int, str]]] = []  # each sentence's labelled spans (start, end, type)
-        labels = []  # each sentence's label as a key (train.mention_pool "label")
         self.truncated = 0
         self.max_len = mcfg.max_len
         counts = Counter(w for ws in df["words"] for w in ws)
@@ -242,21 +241,20 @@ class TrainData:
                                 np.array([counts[w] == 1 for w in ws])))
             self.spans.append(bio_to_spans(ts))
             intents.append(intent)
-            labels.append(intent if isinstance(intent, str) or intent is None else repr(intent))
         self.intents = intent_targets(intents)  # (N,) or (N, L)
         self.lengths = np.array([len(a[0]) for a in self.arrays], dtype=np.int64)  # words per sentence
         self.words = int(self.lengths.sum())  # words read per epoch (this epoch's, with train.mention_replace)
         # the sentences as this epoch reads them: train.mention_replace's changed ones (else none) and all lengths
         self.epoch_arrays: dict[int, tuple] = {}
         self.epoch_lengths = self.lengths
-        # train.mention_replace's pools: every span of train by type, and by (type, sentence label), as
-        # (sentence, start, end); a span is drawn from its own sentence's pool key
-        self.mentions: dict[str | tuple, list[tuple[int, int, int]]] = {}
-        for i, (spans, label) in enumerate(zip(self.spans, labels)):
+        # train.mention_replace's pools: every span of train by type, and by (type, the sentence's label as
+        # written), as (sentence, start, end); a span is drawn from its own sentence's pool
+        self.labels = intents
+        self.mentions: dict[str | tuple[str, str], list[tuple[int, int, int]]] = {}
+        for i, (spans, label) in enumerate(zip(self.spans, intents)):
             for s, e, typ in spans:
                 self.mentions.setdefault(typ, []).append((i, s, e))
                 self.mentions.setdefault((typ, label), []).append((i, s, e))
-        self.labels = labels
 
     def __len__(self) -> int:
         return len(self.arrays)
