@@ -424,6 +424,47 @@ def test_mention_pool_label_draws_spans_from_sentences_of_the_same_label(data):
     assert crossed["label"] == 0 and crossed["type"] > 0
 
 
+def test_mention_pool_split_draws_as_type_and_leaves_crossed_sentences_out_of_the_intent_loss(data):
+    """train.mention_pool "split": the same replacements as "type" from the same draws; a sentence that took a
+    span from a sentence of another label is marked, its intent loss left out (its tags still train), and
+    every other sentence's intent loss counts as before."""
+    tr, _, vocabs = data
+    model = JointModel(MCFG, len(vocabs.words), len(vocabs.chars), vocabs.tags.itos, vocabs.intents.itos)
+    td = TrainData(tr, vocabs, MCFG, model.intent_targets)
+    labels = [i for ws, i in zip(tr["words"], tr["intent"]) if len(ws)]
+    where = {}  # (type, words, tags) -> the labels of the sentences it is in
+    for i, (w, _, tg, _) in enumerate(td.arrays):
+        for s, e, typ in td.spans[i]:
+            where.setdefault((typ, tuple(w[s:e]), tuple(tg[s:e])), set()).add(labels[i])
+    td.draw_mentions(1.0, torch.Generator().manual_seed(4), "type")
+    assert td.epoch_crossed is None  # "type": every intent loss counts
+    typed = {i: [a.tolist() for a in arrays] for i, arrays in td.epoch_arrays.items()}
+    td.draw_mentions(1.0, torch.Generator().manual_seed(4), "split")
+    assert {i: [a.tolist() for a in arrays] for i, arrays in td.epoch_arrays.items()} == typed
+    crossed = td.epoch_crossed
+    assert crossed and crossed < set(td.epoch_arrays)  # some sentences, all of them changed ones
+    for i, (w, _, tg, _) in td.epoch_arrays.items():
+        homes = [where[(typ, tuple(w[s:e]), tuple(tg[s:e]))]
+                 for s, e, typ in bio_to_spans([vocabs.tags.itos[t] for t in tg])]
+        if any(labels[i] not in h for h in homes):  # a span found only in other labels' sentences
+            assert i in crossed
+        if all(h == {labels[i]} for h in homes):  # every span found only in its own label's sentences
+            assert i not in crossed
+    idx = list(range(len(td)))
+    batch = td.batch(idx, "cpu", 0.0, torch.Generator())
+    assert batch.intent_keep.tolist() == [i not in crossed for i in idx]
+    logits = torch.randn(len(idx), len(vocabs.intents.itos))
+    head = model.intent_head
+    loss = head.loss(logits, batch.intents, 0.1, batch.intent_keep)
+    kept = batch.intent_keep
+    assert torch.allclose(loss, head.loss(logits[kept], batch.intents[kept], 0.1))  # the mean over kept rows
+    other = batch.intents.clone()
+    other[~kept] = (other[~kept] + 1) % logits.shape[1]  # another target for every left-out row
+    assert torch.equal(head.loss(logits, other, 0.1, kept), loss)
+    assert torch.allclose(head.loss(logits, batch.intents, 0.1, torch.ones_like(kept)),
+                          head.loss(logits, batch.intents, 0.1))
+
+
 def test_mention_replacement_trains_differently_and_resumes_exactly(data, tmp_path):
     tr, dev, vocabs = data
     tcfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, patience=0, mention_replace=0.5)

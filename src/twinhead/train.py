@@ -109,8 +109,9 @@ class TrainConfig:
     mention_replace: Fraction = 0.3
     # where train.mention_replace draws a span from: "type", any span of its type in train; "label", a span of
     # its type in a sentence with the same label (as written: a multi-label "a#b" and "b#a" are two), so that a
-    # title never moves to a sentence of another intent
-    mention_pool: Literal["type", "label"] = "type"
+    # title never moves to a sentence of another intent; "split", drawn as "type" draws, but a sentence that took
+    # a span from a sentence of another label trains the tags only (its intent loss is left out)
+    mention_pool: Literal["type", "label", "split"] = "type"
 
     def __post_init__(self):
         if len(set(self.tasks)) != len(self.tasks):
@@ -216,6 +217,8 @@ class Batch(NamedTuple):
     # each task loss's factor: this rank's share of the batch times the number of ranks, so that DDP's mean
     # over ranks is the loss of the whole batch (1.0 with one process; 0 for a rank with no rows)
     scale: dict[str, float] | None = None
+    # (B,) bool: the rows whose intent loss counts (train.mention_pool "split"); None: every row
+    intent_keep: torch.Tensor | None = None
 
 
 class TrainData:
@@ -247,6 +250,9 @@ class TrainData:
         # the sentences as this epoch reads them: train.mention_replace's changed ones (else none) and all lengths
         self.epoch_arrays: dict[int, tuple] = {}
         self.epoch_lengths = self.lengths
+        # train.mention_pool "split": this epoch's sentences that took a span from a sentence of another label
+        # (their intent loss is left out); None: every sentence's intent loss counts
+        self.epoch_crossed: set[int] | None = None
         # train.mention_replace's pools: every span of train by type, and by (type, the sentence's label as
         # written), as (sentence, start, end); a span is drawn from its own sentence's pool
         self.labels = intents
@@ -274,18 +280,22 @@ class TrainData:
         """train.mention_replace, before an epoch's batches: this epoch's sentences, each span replaced with
         probability p (`replaced`). The batches are then cut by the new lengths, so a batch still holds few
         lengths (the CPU's LSTM runs once per length: mixed lengths would cost up to 1.7 times the time)."""
-        self.epoch_arrays = self.replaced(range(len(self)), p, gen, pool)
+        crossed: set[int] = set()
+        self.epoch_arrays = self.replaced(range(len(self)), p, gen, pool, crossed)
+        self.epoch_crossed = crossed if pool == "split" else None
         self.epoch_lengths = self.lengths.copy()
         for i, a in self.epoch_arrays.items():
             self.epoch_lengths[i] = len(a[0])
         self.words = int(self.epoch_lengths.sum())
 
-    def replaced(self, idx, p: float, gen: torch.Generator, pool: str = "type") -> dict[int, tuple]:
+    def replaced(self, idx, p: float, gen: torch.Generator, pool: str = "type",
+                 crossed: set[int] | None = None) -> dict[int, tuple]:
         """train.mention_replace: for the sentences `idx`, each span replaced with probability p by a span of its
         type drawn from train (the same words, characters, tags and singleton flags as where it was drawn), from
-        a sentence of the same label too if `pool` is "label" (train.mention_pool);
-        {sentence: its arrays} for the sentences that changed. Two draws per span, whatever the outcome, from a
-        generator every rank seeds alike; a sentence that would outgrow model.max_len keeps its words."""
+        a sentence of the same label too if `pool` is "label" (train.mention_pool; "split" draws as "type");
+        {sentence: its arrays} for the sentences that changed, and into `crossed` those of them that took a span
+        from a sentence of another label. Two draws per span, whatever the outcome, from a generator every rank
+        seeds alike; a sentence that would outgrow model.max_len keeps its words."""
         spans = [(i, s, e, typ) for i in idx for s, e, typ in self.spans[i]]
         if not spans:
             return {}
@@ -315,6 +325,8 @@ class TrainData:
                 ch[at : at + k, : a[1].shape[1]] = a[1][s:e]
                 at += k
             out[i] = (w, ch, tg, sg)
+            if crossed is not None and any(self.labels[j] != self.labels[i] for j, _, _ in pieces):
+                crossed.add(i)
         return out
 
     def batch(self, idx: list[int], device, word_dropout: float, gen: torch.Generator,
@@ -330,9 +342,14 @@ class TrainData:
         draws = torch.rand((len(idx), max(lens)), generator=gen) if word_dropout > 0 else None
         rows = distributed.shard_rows(len(idx), world)
         scale = None
+        keep = None if self.epoch_crossed is None else [i not in self.epoch_crossed for i in idx]
         if world.size > 1:
             n_words = sum(lens[r] for r in rows)
-            scale = {"intent": world.size * len(rows) / len(idx), "tags": world.size * n_words / sum(lens)}
+            if keep is None:
+                scale = {"intent": world.size * len(rows) / len(idx)}
+            else:  # this rank's share of the batch's kept rows: its intent loss is the mean over its kept rows
+                scale = {"intent": world.size * sum(keep[r] for r in rows) / max(sum(keep), 1)}
+            scale["tags"] = world.size * n_words / sum(lens)
             rows = rows or [0]  # no rows left for this rank: it still takes part, with a weight of 0
         mine = [idx[r] for r in rows]
         # collate's tensors (words (B, T), chars (B, T, C), mask (B, T)), from the arrays built once
@@ -353,12 +370,12 @@ class TrainData:
             words = words.masked_fill(drop, 1)  # 1 = <unk>
         intents = self.intents[torch.tensor(mine)]
         lengths = torch.from_numpy(n)
-        tensors = (words, chars, mask, tags, intents)
-        if device.type == "cuda":  # pinned: the copies below return at once and overlap the step before
-            tensors = tuple(t.pin_memory().to(device, non_blocking=True) for t in tensors)
-        else:
-            tensors = tuple(t.to(device) for t in tensors)
-        return Batch(*tensors, lengths=lengths, scale=scale)
+        tensors = {"words": words, "chars": chars, "mask": mask, "tags": tags, "intents": intents}
+        if keep is not None:
+            tensors["intent_keep"] = torch.tensor([keep[r] for r in rows])
+        for k, t in tensors.items():  # CUDA: pinned, so the copies return at once and overlap the step before
+            tensors[k] = t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+        return Batch(**tensors, lengths=lengths, scale=scale)
 
 
 class TaskLosses(nn.Module):
@@ -375,7 +392,8 @@ class TaskLosses(nn.Module):
         intent_logits, tag_scores = model(batch.words, batch.chars, batch.mask, batch.lengths)
         losses = {}
         if "intent" in self.tasks:
-            losses["intent"] = model.intent_head.loss(intent_logits, batch.intents, self.label_smoothing)
+            losses["intent"] = model.intent_head.loss(intent_logits, batch.intents, self.label_smoothing,
+                                                      batch.intent_keep)
         if "tags" in self.tasks:
             losses["tags"] = model.tag_head.loss(tag_scores, batch.tags, batch.mask)
         if batch.scale is not None:
