@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import subprocess
 import sys
 
 import pytest
@@ -352,6 +353,41 @@ def test_seeds_script_runs_the_queue_and_reports_dvc_exp_show_numbers(tmp_path):
     assert json.loads((repo / "again.json").read_text())["rows"] == out
     assert tasks() == before  # nothing queued
 
+    # On a later commit, --all-commits finds them on the commit they were run on (`dvc exp ls -A`), not HEAD.
+    run(["git", "commit", "-q", "--allow-empty", "-m", "later"], repo, env)
+    missing = run([*script, "--seeds", "1", "2", "--no-run", "--json", "head.json"], repo, env, check=False)
+    assert missing.returncode == 1 and json.loads((repo / "head.json").read_text())["rows"][0]["n"] == 0
+    run([*script, "--seeds", "1", "2", "--no-run", "--all-commits", "--json", "moved.json"], repo, env)
+    moved = json.loads((repo / "moved.json").read_text())["rows"]
+    assert (moved[0]["n"], moved[0]["planned"]) == (2, 2)
+    assert moved[0]["runs"] == out[0]["runs"] and moved[0]["metrics"] == out[0]["metrics"]
+
+
+def test_exp_ls_output_gives_each_commit_its_experiment_names():
+    """`dvc exp ls --all-commits` as DVC 3.67 prints it (and without the shas): --all-commits then reads only
+    the commits that hold the experiments asked for."""
+    text = "a0cdb26:\n\t49fb953 [mpl05-snips-s2]\n\t63763d1 [mpl-snips-s4]\n3f300ae:\n\t730f17b [mpl-atis-s3]\n" \
+           "b718a92:\n\tmr03-atis-s4\n"
+    assert seeds.parse_exp_ls(text) == {"a0cdb26": {"mpl05-snips-s2", "mpl-snips-s4"}, "3f300ae": {"mpl-atis-s3"},
+                                        "b718a92": {"mr03-atis-s4"}}
+    calls = []
+
+    class FakeDvc(seeds.Dvc):
+        def __init__(self):
+            pass
+
+        def __call__(self, *args, check=True):
+            calls.append(args)
+            out = text if args[:2] == ("exp", "ls") else "[]"
+            return subprocess.CompletedProcess(args, 0, out, "")
+
+    FakeDvc().experiments(True, ["mpl-atis-s3", "mr03-atis-s4", "nowhere-s1"])
+    assert calls[-1] == ("exp", "show", "--json", "--rev", "HEAD", "--rev", "3f300ae", "--rev", "b718a92")
+    FakeDvc().experiments(True, ["nowhere-s1"])
+    assert calls[-1] == ("exp", "show", "--json")  # none elsewhere: HEAD's
+    FakeDvc().experiments(True)
+    assert calls[-1] == ("exp", "show", "--json", "--all-commits")
+
 
 def test_a_plan_that_clashes_with_a_done_experiment_queues_nothing():
     """An experiment that exists with other params stops the plan before anything is queued (a half-queued
@@ -361,7 +397,7 @@ def test_a_plan_that_clashes_with_a_done_experiment_queues_nothing():
     calls = []
 
     class FakeDvc:
-        def experiments(self, all_commits):
+        def experiments(self, all_commits, names=None):
             return {"x-s2": done}
 
         def queue_status(self):
