@@ -31,6 +31,7 @@ RUNS = {
     "tags only": {"tasks": ["tags"], "loss_rule": "sum"},  # the intent head gets no gradient: DDP told so
     # the intent loss is the mean over some rows only (train.mention_pool "split"): each rank's share of those
     "split pool": {"mention_replace": 0.5, "mention_pool": "split"},
+    "split weighted": {"mention_replace": 0.5, "mention_pool": "split_weighted"},  # rows of unequal weights
 }
 
 

@@ -427,7 +427,7 @@ def test_mention_pool_label_draws_spans_from_sentences_of_the_same_label(data):
 def test_mention_pool_split_draws_as_type_and_leaves_crossed_sentences_out_of_the_intent_loss(data):
     """train.mention_pool "split": the same replacements as "type" from the same draws; a sentence that took a
     span from a sentence of another label is marked, its intent loss left out (its tags still train), and
-    every other sentence's intent loss counts as before."""
+    every other sentence's intent loss counts as before. "split_weighted" gives each label back its weight."""
     tr, _, vocabs = data
     model = JointModel(MCFG, len(vocabs.words), len(vocabs.chars), vocabs.tags.itos, vocabs.intents.itos)
     td = TrainData(tr, vocabs, MCFG, model.intent_targets)
@@ -452,17 +452,30 @@ def test_mention_pool_split_draws_as_type_and_leaves_crossed_sentences_out_of_th
             assert i not in crossed
     idx = list(range(len(td)))
     batch = td.batch(idx, "cpu", 0.0, torch.Generator())
-    assert batch.intent_keep.tolist() == [i not in crossed for i in idx]
+    assert batch.intent_weight.tolist() == [float(i not in crossed) for i in idx]
     logits = torch.randn(len(idx), len(vocabs.intents.itos))
     head = model.intent_head
-    loss = head.loss(logits, batch.intents, 0.1, batch.intent_keep)
-    kept = batch.intent_keep
+    loss = head.loss(logits, batch.intents, 0.1, batch.intent_weight)
+    kept = batch.intent_weight > 0
     assert torch.allclose(loss, head.loss(logits[kept], batch.intents[kept], 0.1))  # the mean over kept rows
     other = batch.intents.clone()
     other[~kept] = (other[~kept] + 1) % logits.shape[1]  # another target for every left-out row
-    assert torch.equal(head.loss(logits, other, 0.1, kept), loss)
-    assert torch.allclose(head.loss(logits, batch.intents, 0.1, torch.ones_like(kept)),
+    assert torch.equal(head.loss(logits, other, 0.1, batch.intent_weight), loss)
+    assert torch.allclose(head.loss(logits, batch.intents, 0.1, torch.ones(len(idx))),
                           head.loss(logits, batch.intents, 0.1))
+
+    # "split_weighted": the same draws and left-out sentences; a kept sentence weighs n / kept of its label, so
+    # that each label's sentences together weigh as many as it has (a label that lost more weighs more each)
+    td.draw_mentions(1.0, torch.Generator().manual_seed(4), "split_weighted")
+    assert td.epoch_crossed == crossed
+    w = td.batch(idx, "cpu", 0.0, torch.Generator()).intent_weight
+    for lab in set(labels):
+        rows = [i for i in idx if labels[i] == lab]
+        n_kept = sum(i not in crossed for i in rows)
+        assert all(w[i] == 0 for i in rows if i in crossed)
+        assert sum(float(w[i]) for i in rows) == pytest.approx(len(rows) if n_kept else 0)
+        assert all(float(w[i]) == pytest.approx(len(rows) / n_kept) for i in rows if i not in crossed)
+    assert len({round(float(x), 4) for x in w if x > 0}) > 1  # labels lost different shares here
 
 
 def test_mention_replacement_trains_differently_and_resumes_exactly(data, tmp_path):

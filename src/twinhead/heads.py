@@ -56,21 +56,21 @@ class SentenceHead(nn.Module):
         return self.mlp(pooled)  # (B, L)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0,
-             keep: torch.Tensor | None = None) -> torch.Tensor:
+             weight: torch.Tensor | None = None) -> torch.Tensor:
         """target: label ids (B,) for single-label, multi-hot (B, L) floats for multi-label. smoothing (label
         smoothing, eps): single-label, the target is 1 - eps on the gold label plus eps / L on every label;
-        multi-label, each label's 0/1 target moves eps / 2 towards 1/2. keep (B,) bool: the mean over these
-        rows only (0 if there are none); None: over all."""
-        reduction = "mean" if keep is None else "none"
+        multi-label, each label's 0/1 target moves eps / 2 towards 1/2. weight (B,): the rows' weighted mean (0
+        if every weight is 0); None: the plain mean."""
+        reduction = "mean" if weight is None else "none"
         if self.multi_label:
             loss = nn.functional.binary_cross_entropy_with_logits(
                 logits, target * (1 - smoothing) + smoothing / 2, reduction=reduction)
-            loss = loss if keep is None else loss.mean(-1)
+            loss = loss if weight is None else loss.mean(-1)
         else:
             loss = nn.functional.cross_entropy(logits, target, label_smoothing=smoothing, reduction=reduction)
-        if keep is None:
+        if weight is None:
             return loss
-        return (loss * keep).sum() / keep.sum().clamp(min=1)
+        return (loss * weight).sum() / weight.sum().clamp(min=1e-12)
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, -1)  # (B, L)

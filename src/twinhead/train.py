@@ -110,8 +110,10 @@ class TrainConfig:
     # where train.mention_replace draws a span from: "type", any span of its type in train; "label", a span of
     # its type in a sentence with the same label (as written: a multi-label "a#b" and "b#a" are two), so that a
     # title never moves to a sentence of another intent; "split", drawn as "type" draws, but a sentence that took
-    # a span from a sentence of another label trains the tags only (its intent loss is left out)
-    mention_pool: Literal["type", "label", "split"] = "type"
+    # a span from a sentence of another label trains the tags only (its intent loss is left out); "split_weighted",
+    # as "split", with each kept sentence's intent loss weighted by 1 / its label's kept share in the epoch, so
+    # that every label weighs in the intent loss as it does without replacement (a rare label loses more)
+    mention_pool: Literal["type", "label", "split", "split_weighted"] = "type"
 
     def __post_init__(self):
         if len(set(self.tasks)) != len(self.tasks):
@@ -217,8 +219,9 @@ class Batch(NamedTuple):
     # each task loss's factor: this rank's share of the batch times the number of ranks, so that DDP's mean
     # over ranks is the loss of the whole batch (1.0 with one process; 0 for a rank with no rows)
     scale: dict[str, float] | None = None
-    # (B,) bool: the rows whose intent loss counts (train.mention_pool "split"); None: every row
-    intent_keep: torch.Tensor | None = None
+    # (B,) float32: each row's weight in the intent loss, a weighted mean (train.mention_pool "split": 0 or 1;
+    # "split_weighted": 0 or more); None: the plain mean
+    intent_weight: torch.Tensor | None = None
 
 
 class TrainData:
@@ -250,9 +253,11 @@ class TrainData:
         # the sentences as this epoch reads them: train.mention_replace's changed ones (else none) and all lengths
         self.epoch_arrays: dict[int, tuple] = {}
         self.epoch_lengths = self.lengths
-        # train.mention_pool "split": this epoch's sentences that took a span from a sentence of another label
-        # (their intent loss is left out); None: every sentence's intent loss counts
+        # train.mention_pool "split"/"split_weighted": this epoch's sentences that took a span from a sentence of
+        # another label (their intent loss is left out), and every sentence's weight in the intent loss (N,);
+        # None: every sentence's intent loss counts alike
         self.epoch_crossed: set[int] | None = None
+        self.epoch_intent_weight: np.ndarray | None = None
         # train.mention_replace's pools: every span of train by type, and by (type, the sentence's label as
         # written), as (sentence, start, end); a span is drawn from its own sentence's pool
         self.labels = intents
@@ -282,7 +287,16 @@ class TrainData:
         lengths (the CPU's LSTM runs once per length: mixed lengths would cost up to 1.7 times the time)."""
         crossed: set[int] = set()
         self.epoch_arrays = self.replaced(range(len(self)), p, gen, pool, crossed)
-        self.epoch_crossed = crossed if pool == "split" else None
+        self.epoch_crossed = crossed if pool in ("split", "split_weighted") else None
+        self.epoch_intent_weight = None
+        if self.epoch_crossed is not None:
+            w = np.ones(len(self), dtype=np.float32)
+            w[sorted(crossed)] = 0
+            if pool == "split_weighted":  # n_label / kept_label for a kept sentence: each label's weight is n_label
+                n = Counter(self.labels)
+                kept = Counter(lab for i, lab in enumerate(self.labels) if i not in crossed)
+                w *= np.array([n[lab] / kept[lab] if kept[lab] else 0.0 for lab in self.labels], dtype=np.float32)
+            self.epoch_intent_weight = w
         self.epoch_lengths = self.lengths.copy()
         for i, a in self.epoch_arrays.items():
             self.epoch_lengths[i] = len(a[0])
@@ -342,13 +356,14 @@ class TrainData:
         draws = torch.rand((len(idx), max(lens)), generator=gen) if word_dropout > 0 else None
         rows = distributed.shard_rows(len(idx), world)
         scale = None
-        keep = None if self.epoch_crossed is None else [i not in self.epoch_crossed for i in idx]
+        weight = None if self.epoch_intent_weight is None else self.epoch_intent_weight[idx]
         if world.size > 1:
             n_words = sum(lens[r] for r in rows)
-            if keep is None:
+            if weight is None:
                 scale = {"intent": world.size * len(rows) / len(idx)}
-            else:  # this rank's share of the batch's kept rows: its intent loss is the mean over its kept rows
-                scale = {"intent": world.size * sum(keep[r] for r in rows) / max(sum(keep), 1)}
+            else:  # this rank's share of the batch's intent weight: its intent loss is the mean over its rows
+                total = float(weight.sum())
+                scale = {"intent": world.size * float(weight[rows].sum()) / total if total > 0 else 0.0}
             scale["tags"] = world.size * n_words / sum(lens)
             rows = rows or [0]  # no rows left for this rank: it still takes part, with a weight of 0
         mine = [idx[r] for r in rows]
@@ -371,8 +386,8 @@ class TrainData:
         intents = self.intents[torch.tensor(mine)]
         lengths = torch.from_numpy(n)
         tensors = {"words": words, "chars": chars, "mask": mask, "tags": tags, "intents": intents}
-        if keep is not None:
-            tensors["intent_keep"] = torch.tensor([keep[r] for r in rows])
+        if weight is not None:
+            tensors["intent_weight"] = torch.from_numpy(weight[rows])
         for k, t in tensors.items():  # CUDA: pinned, so the copies return at once and overlap the step before
             tensors[k] = t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
         return Batch(**tensors, lengths=lengths, scale=scale)
@@ -393,7 +408,7 @@ class TaskLosses(nn.Module):
         losses = {}
         if "intent" in self.tasks:
             losses["intent"] = model.intent_head.loss(intent_logits, batch.intents, self.label_smoothing,
-                                                      batch.intent_keep)
+                                                      batch.intent_weight)
         if "tags" in self.tasks:
             losses["tags"] = model.tag_head.loss(tag_scores, batch.tags, batch.mask)
         if batch.scale is not None:
