@@ -400,17 +400,24 @@ def test_mention_replacement_reads_spans_as_other_spans_of_their_type_and_leaves
     assert td.batches(16, torch.Generator().manual_seed(3)) == plain_batches
 
 
-def test_mention_pool_label_draws_spans_from_sentences_of_the_same_label(data):
-    """train.mention_pool "label": a replaced span comes from a sentence of the same intent (so a title never
-    moves to a sentence of another intent); "type" draws across intents, which the sample's shared types show."""
+def span_homes(data):
+    """The sample's TrainData, vocabularies, each sentence's label, where each span of train is ((type, words,
+    tags) -> the labels of the sentences it is in), and a model of the sample's sizes."""
     tr, _, vocabs = data
     model = JointModel(MCFG, len(vocabs.words), len(vocabs.chars), vocabs.tags.itos, vocabs.intents.itos)
     td = TrainData(tr, vocabs, MCFG, model.intent_targets)
     labels = [i for ws, i in zip(tr["words"], tr["intent"]) if len(ws)]
-    where = {}  # (type, words, tags) -> the labels of the sentences it is in
+    where = {}
     for i, (w, _, tg, _) in enumerate(td.arrays):
         for s, e, typ in td.spans[i]:
             where.setdefault((typ, tuple(w[s:e]), tuple(tg[s:e])), set()).add(labels[i])
+    return td, vocabs, labels, where, model
+
+
+def test_mention_pool_label_draws_spans_from_sentences_of_the_same_label(data):
+    """train.mention_pool "label": a replaced span comes from a sentence of the same intent (so a title never
+    moves to a sentence of another intent); "type" draws across intents, which the sample's shared types show."""
+    td, vocabs, labels, where, model = span_homes(data)
     crossed = {}
     for pool in ("label", "type"):
         td.draw_mentions(1.0, torch.Generator().manual_seed(4), pool)
@@ -428,14 +435,7 @@ def test_mention_pool_split_draws_as_type_and_leaves_crossed_sentences_out_of_th
     """train.mention_pool "split": the same replacements as "type" from the same draws; a sentence that took a
     span from a sentence of another label is marked, its intent loss left out (its tags still train), and
     every other sentence's intent loss counts as before. "split_weighted" gives each label back its weight."""
-    tr, _, vocabs = data
-    model = JointModel(MCFG, len(vocabs.words), len(vocabs.chars), vocabs.tags.itos, vocabs.intents.itos)
-    td = TrainData(tr, vocabs, MCFG, model.intent_targets)
-    labels = [i for ws, i in zip(tr["words"], tr["intent"]) if len(ws)]
-    where = {}  # (type, words, tags) -> the labels of the sentences it is in
-    for i, (w, _, tg, _) in enumerate(td.arrays):
-        for s, e, typ in td.spans[i]:
-            where.setdefault((typ, tuple(w[s:e]), tuple(tg[s:e])), set()).add(labels[i])
+    td, vocabs, labels, where, model = span_homes(data)
     td.draw_mentions(1.0, torch.Generator().manual_seed(4), "type")
     assert td.epoch_crossed is None  # "type": every intent loss counts
     typed = {i: [a.tolist() for a in arrays] for i, arrays in td.epoch_arrays.items()}
