@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -437,11 +438,11 @@ def test_mention_pool_split_draws_as_type_and_leaves_crossed_sentences_out_of_th
     every other sentence's intent loss counts as before. "split_weighted" gives each label back its weight."""
     td, vocabs, labels, where, model = span_homes(data)
     td.draw_mentions(1.0, torch.Generator().manual_seed(4), "type")
-    assert td.epoch_crossed is None  # "type": every intent loss counts
+    assert td.epoch_intent_weight is None  # "type": every intent loss counts
     typed = {i: [a.tolist() for a in arrays] for i, arrays in td.epoch_arrays.items()}
     td.draw_mentions(1.0, torch.Generator().manual_seed(4), "split")
     assert {i: [a.tolist() for a in arrays] for i, arrays in td.epoch_arrays.items()} == typed
-    crossed = td.epoch_crossed
+    crossed = set(np.flatnonzero(td.epoch_intent_weight == 0).tolist())  # the left-out sentences
     assert crossed and crossed < set(td.epoch_arrays)  # some sentences, all of them changed ones
     for i, (w, _, tg, _) in td.epoch_arrays.items():
         homes = [where[(typ, tuple(w[s:e]), tuple(tg[s:e]))]
@@ -467,7 +468,7 @@ def test_mention_pool_split_draws_as_type_and_leaves_crossed_sentences_out_of_th
     # "split_weighted": the same draws and left-out sentences; a kept sentence weighs n / kept of its label, so
     # that each label's sentences together weigh as many as it has (a label that lost more weighs more each)
     td.draw_mentions(1.0, torch.Generator().manual_seed(4), "split_weighted")
-    assert td.epoch_crossed == crossed
+    assert set(np.flatnonzero(td.epoch_intent_weight == 0).tolist()) == crossed
     w = td.batch(idx, "cpu", 0.0, torch.Generator()).intent_weight
     for lab in set(labels):
         rows = [i for i in idx if labels[i] == lab]

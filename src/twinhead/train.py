@@ -253,10 +253,8 @@ class TrainData:
         # the sentences as this epoch reads them: train.mention_replace's changed ones (else none) and all lengths
         self.epoch_arrays: dict[int, tuple] = {}
         self.epoch_lengths = self.lengths
-        # train.mention_pool "split"/"split_weighted": this epoch's sentences that took a span from a sentence of
-        # another label (their intent loss is left out), and every sentence's weight in the intent loss (N,);
-        # None: every sentence's intent loss counts alike
-        self.epoch_crossed: set[int] | None = None
+        # train.mention_pool "split"/"split_weighted": every sentence's weight in this epoch's intent loss (N,), 0
+        # for those that took a span from a sentence of another label; None: every sentence counts alike
         self.epoch_intent_weight: np.ndarray | None = None
         # train.mention_replace's pools: every span of train by type, and by (type, the sentence's label as
         # written), as (sentence, start, end); a span is drawn from its own sentence's pool
@@ -285,11 +283,10 @@ class TrainData:
         """train.mention_replace, before an epoch's batches: this epoch's sentences, each span replaced with
         probability p (`replaced`). The batches are then cut by the new lengths, so a batch still holds few
         lengths (the CPU's LSTM runs once per length: mixed lengths would cost up to 1.7 times the time)."""
-        crossed: set[int] = set()
+        crossed: set[int] | None = set() if pool in ("split", "split_weighted") else None  # looked for by these only
         self.epoch_arrays = self.replaced(range(len(self)), p, gen, pool, crossed)
-        self.epoch_crossed = crossed if pool in ("split", "split_weighted") else None
         self.epoch_intent_weight = None
-        if self.epoch_crossed is not None:
+        if crossed is not None:
             w = np.ones(len(self), dtype=np.float32)
             w[sorted(crossed)] = 0
             if pool == "split_weighted":  # n_label / kept_label for a kept sentence: each label's weight is n_label
@@ -306,7 +303,7 @@ class TrainData:
                  crossed: set[int] | None = None) -> dict[int, tuple]:
         """train.mention_replace: for the sentences `idx`, each span replaced with probability p by a span of its
         type drawn from train (the same words, characters, tags and singleton flags as where it was drawn), from
-        a sentence of the same label too if `pool` is "label" (train.mention_pool; "split" draws as "type");
+        a sentence of the same label too if `pool` is "label" (train.mention_pool; the "split" pools draw as "type");
         {sentence: its arrays} for the sentences that changed, and into `crossed` those of them that took a span
         from a sentence of another label. Two draws per span, whatever the outcome, from a generator every rank
         seeds alike; a sentence that would outgrow model.max_len keeps its words."""
