@@ -259,6 +259,7 @@ class TrainData:
         # train.mention_replace's pools: every span of train by type, and by (type, the sentence's label as
         # written), as (sentence, start, end); a span is drawn from its own sentence's pool
         self.labels = intents
+        self.label_counts = Counter(intents)  # sentences per label as written (split_weighted's n_label)
         self.mentions: dict[str | tuple[str, str], list[tuple[int, int, int]]] = {}
         for i, (spans, label) in enumerate(zip(self.spans, intents)):
             for s, e, typ in spans:
@@ -290,8 +291,8 @@ class TrainData:
             w = np.ones(len(self), dtype=np.float32)
             w[sorted(crossed)] = 0
             if pool == "split_weighted":  # n_label / kept_label for a kept sentence: each label's weight is n_label
-                n = Counter(self.labels)
-                kept = Counter(lab for i, lab in enumerate(self.labels) if i not in crossed)
+                n = self.label_counts
+                kept = n - Counter(self.labels[i] for i in crossed)
                 w *= np.array([n[lab] / kept[lab] if kept[lab] else 0.0 for lab in self.labels], dtype=np.float32)
             self.epoch_intent_weight = w
         self.epoch_lengths = self.lengths.copy()
@@ -347,7 +348,7 @@ class TrainData:
         world = world or World()
         device = torch.device(device)
         arrays = [self.epoch_arrays.get(i) or self.arrays[i] for i in idx]
-        lens = [len(a[0]) for a in arrays]
+        lens = self.epoch_lengths[idx].tolist()
         # Drawn for the whole batch on every rank: the draws of one process, and the generator (which orders
         # the next batches) stays in step on all ranks.
         draws = torch.rand((len(idx), max(lens)), generator=gen) if word_dropout > 0 else None
