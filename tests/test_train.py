@@ -491,3 +491,34 @@ def test_mention_replacement_trains_differently_and_resumes_exactly(data, tmp_pa
     assert resumed.resumed_from == 1
     for k, v in full.best_state.items():  # the replacement draws went on where they stopped
         assert torch.equal(v, resumed.best_state[k]), k
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_weight_decay_of_adam_is_l2_and_of_adamw_a_shrink_apart_from_the_gradient(data, optimizer):
+    """train.optimizer: with adamw, a word the batch does not hold (no gradient) shrinks by exactly lr *
+    weight_decay of itself in a step; with adam, weight_decay is an L2 gradient that Adam scales, so the same row
+    moves by about lr, whatever its size. The uncertainty rule's log-variances are never decayed."""
+    _, _, vocabs = data
+    torch.manual_seed(0)
+    model = JointModel(MCFG, len(vocabs.words), len(vocabs.chars), vocabs.tags.itos, vocabs.intents.itos)
+    tcfg = TrainConfig(optimizer=optimizer, weight_decay=0.1, lr=0.01, grad_clip=0.0, hold_tags=0.0)
+    batch = one_batch(data, model, n=4)
+    seen = set(batch[0].unique().tolist())
+    unseen = next(i for i in range(1, len(vocabs.words)) if i not in seen)
+    before = model.word_emb.weight[unseen].detach().clone()
+    state = new_state(model, tcfg, steps_per_epoch=1, seed=0)
+    assert type(state.optimizer) is (torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam)
+    rule_before = [p.detach().clone() for p in state.rule.parameters()]
+    assert rule_before  # the uncertainty rule learns its log-variances
+    train_step(state, batch, tcfg)
+    after = model.word_emb.weight[unseen].detach()
+    if optimizer == "adamw":
+        assert torch.allclose(after, before * (1 - 0.01 * 0.1), rtol=1e-6, atol=1e-7)
+    else:
+        assert torch.allclose((before - after).abs(), torch.full_like(before, 0.01), rtol=1e-3)
+        assert torch.equal(torch.sign(before - after), torch.sign(before))
+    for p, b in zip(state.rule.parameters(), rule_before):
+        g = p.grad
+        assert g is not None
+        # Adam's first step moves a weight by lr * sign(its gradient): the decay adds nothing to it
+        assert torch.allclose(b - p.detach(), 0.01 * torch.sign(g), atol=1e-6)

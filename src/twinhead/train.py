@@ -69,6 +69,9 @@ class TrainConfig:
     epochs: PosInt = 100  # a cap: early stopping on the dev plateau ends a run (see patience)
     batch_size: PosInt = 64
     lr: PosFloat = 0.003  # Adam learning rate
+    # adam: weight_decay is an L2 term added to the gradient (scaled by Adam like the loss's); adamw: the weights
+    # shrink by lr * weight_decay every step, apart from the gradient (decoupled, Loshchilov & Hutter 2019)
+    optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: NonNegFloat = 0.0
     # plateau: lr *= lr_decay after lr_patience epochs without dev improvement (ends with the data, not a
     # fixed epoch); cosine: anneal to 0 over `epochs`; none: constant
@@ -547,7 +550,7 @@ class TrainState:
 
 def new_state(model: JointModel, tcfg: TrainConfig, steps_per_epoch: int, seed: int,
               world: World | None = None, intents: torch.Tensor | None = None) -> TrainState:
-    """Fresh optimizer (Adam; the rule's learned weights without weight decay), schedule, rule and RNG; among
+    """Fresh optimizer (Adam or AdamW; the rule's learned weights without weight decay), schedule, rule and RNG; among
     N processes the losses module is wrapped in DDP (which gives every rank rank 0's weights). With `intents`,
     the sentence head's training targets (TrainData.intents), train.hold_tags holds the tag loss (`tag_hold`)."""
     world = world or World()
@@ -566,7 +569,8 @@ def new_state(model: JointModel, tcfg: TrainConfig, steps_per_epoch: int, seed: 
     # fused: one kernel for all parameters instead of a loop over them (-0.8 CPU s per epoch of the development
     # set on the CPU, benchmarks/spacy_peer.py --profile)
     fused = next(model.parameters()).device.type in ("cpu", "cuda")
-    opt = torch.optim.Adam(groups, lr=tcfg.lr, weight_decay=tcfg.weight_decay, fused=fused)
+    opt_class = torch.optim.AdamW if tcfg.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_class(groups, lr=tcfg.lr, weight_decay=tcfg.weight_decay, fused=fused)
     if tcfg.scheduler == "plateau":  # stepped once per epoch on the dev metric (threshold 0: any gain counts)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=tcfg.lr_decay,
                                                            patience=tcfg.lr_patience, threshold=0.0)
