@@ -350,9 +350,9 @@ def profile_twinhead(frames: dict, params: dict, batches: int, variants: list[st
         data = TrainData(train_df, vocabs, mcfg, model.intent_targets)
         n_epoch = len(data.batches(tcfg.batch_size, torch.Generator().manual_seed(0)))
         state = new_state(model, tcfg, n_epoch, seed=0)
-        if fused:  # the same groups and settings, one fused kernel for all parameters instead of a loop over them
+        if fused:  # the same optimizer (train.optimizer), groups and settings, one fused kernel for all parameters
             groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in state.optimizer.param_groups]
-            state.optimizer = torch.optim.Adam(groups, lr=tcfg.lr, fused=True)
+            state.optimizer = type(state.optimizer)(groups, lr=tcfg.lr, fused=True)
         model.train()
         order = data.batches(tcfg.batch_size, state.gen)[: batches + 3]
         prepared = [data.batch(idx, "cpu", tcfg.word_dropout, state.gen) for idx in order]
