@@ -1,0 +1,164 @@
+"""Two configurations, seed by seed: the paired differences behind "ahead in 5 of 5" in the README.
+
+Usage (from the project root, on files benchmarks/seeds.py wrote with --json):
+    .venv/bin/python benchmarks/compare.py \\
+        --base benchmarks/results/mr03-snips-5seeds.json benchmarks/results/mr03-atis-5seeds.json \\
+        --new benchmarks/results/aw1-snips-5seeds.json benchmarks/results/aw1-atis-5seeds.json
+    ... --seeds 1 2 3                      # only these seeds (e.g. seeds 1-3 of a five-seed file)
+    ... --metric test_intent_accuracy      # another column (default: dev sentence accuracy, the selection metric)
+
+Runs are paired by dataset and seed: a seed one side lacks is left out and named. For each dataset: each seed's
+new-minus-base difference in points, the two means over the paired seeds, and how many seeds the new
+configuration is ahead, level or behind in, with a two-sided sign test over the seeds that are not level (with
+five seeds, all five ahead gives p = 0.0625: seeds are few, so this says how little a run of wins proves).
+The last line pools every dataset: the mean of the dataset means (the README's "over both") and the pairs.
+Select on dev columns; test columns are for reporting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, only benchmarks/ is on the path
+
+from benchmarks.seeds import COLUMNS, read_json  # noqa: E402
+from twinhead.errors import TwinheadError, run_main  # noqa: E402
+
+LEVEL = 1e-4  # points: dev scores are logged to 6 decimals, so equal counts of right sentences read as level
+
+
+@dataclass
+class Paired:
+    """One dataset's seeds that both configurations ran: base and new value per seed, in points."""
+
+    dataset: str
+    seeds: list[int]
+    base: list[float]
+    new: list[float]
+    unpaired: list[str]  # "base seed 6" for a seed the other side lacks
+
+    @property
+    def diffs(self) -> list[float]:
+        return [n - b for b, n in zip(self.base, self.new)]
+
+
+def runs_by_seed(rows: list[dict], metric: str, source: str) -> dict[str, dict[int, float]]:
+    """{dataset: {seed: value in points}} over the rows of seeds.py --json files; a dataset twice is an error."""
+    out: dict[str, dict[int, float]] = {}
+    for row in rows:
+        ds = row["dataset"]
+        if ds in out:
+            raise TwinheadError(f"{source}: dataset {ds!r} appears in two rows; give one file per dataset and side")
+        out[ds] = {}
+        for run in row["runs"]:
+            value = (run.get("values") or {}).get(metric)
+            if value is not None:
+                out[ds][int(run["seed"])] = 100.0 * value if metric != "train_minutes" else value
+    return out
+
+
+def pair(base: dict[str, dict[int, float]], new: dict[str, dict[int, float]],
+         seeds: list[int] | None = None) -> list[Paired]:
+    """Each dataset both sides hold, its seeds in order; a dataset only one side holds is an error."""
+    if set(base) != set(new):
+        raise TwinheadError(f"the two sides hold other datasets: base {sorted(base)}, new {sorted(new)}")
+    out = []
+    for ds in base:  # the order of the --base files
+        b, n = base[ds], new[ds]
+        wanted = sorted(set(b) | set(n)) if seeds is None else seeds
+        both = [s for s in wanted if s in b and s in n]
+        unpaired = [f"{side} seed {s}" for s in wanted for side, other, mine in (("base", n, b), ("new", b, n))
+                    if s in mine and s not in other]
+        unpaired += [f"seed {s} (in neither)" for s in wanted if s not in b and s not in n]
+        if not both:
+            raise TwinheadError(f"{ds}: no seed both sides ran (base {sorted(b)}, new {sorted(n)})")
+        out.append(Paired(ds, both, [b[s] for s in both], [n[s] for s in both], unpaired))
+    return out
+
+
+def tally(diffs: list[float]) -> tuple[int, int, int]:
+    """(ahead, level, behind) of new against base."""
+    ahead = sum(d > LEVEL for d in diffs)
+    behind = sum(d < -LEVEL for d in diffs)
+    return ahead, len(diffs) - ahead - behind, behind
+
+
+def sign_test(ahead: int, behind: int) -> float:
+    """Two-sided sign test over the pairs that are not level: the chance of a split at least this uneven if
+    ahead and behind were equally likely (1.0 when there is nothing to test)."""
+    n = ahead + behind
+    if n == 0:
+        return 1.0
+    k = min(ahead, behind)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def signed(d: float) -> str:
+    """A difference in points as +0.43 / -0.80, and 0.00 when it rounds to nothing (never -0.00)."""
+    return "0.00" if abs(d) < 0.005 else f"{d:+.2f}"
+
+
+def report(pairs: list[Paired], metric: str, base_name: str, new_name: str) -> str:
+    """The comparison as text: one block per dataset, then the pooled line."""
+    lines = [f"{metric}, new ({new_name}) minus base ({base_name}), in points"]
+    all_diffs: list[float] = []
+    for p in pairs:
+        ahead, level, behind = tally(p.diffs)
+        all_diffs += p.diffs
+        per_seed = ", ".join(f"s{s} {signed(d)}" for s, d in zip(p.seeds, p.diffs))
+        lines.append(f"{p.dataset}: {per_seed}")
+        lines.append(f"  mean {mean(p.new):.2f} against {mean(p.base):.2f} ({signed(mean(p.diffs))}) over "
+                     f"{len(p.seeds)} seeds; ahead {ahead}, level {level}, behind {behind} "
+                     f"(sign test p = {sign_test(ahead, behind):.3g})")
+        if p.unpaired:
+            lines.append(f"  left out, unpaired: {', '.join(p.unpaired)}")
+    if len(pairs) > 1:
+        ahead, level, behind = tally(all_diffs)
+        new_mean = mean([mean(p.new) for p in pairs])
+        base_mean = mean([mean(p.base) for p in pairs])
+        lines.append(f"over {len(pairs)} datasets (mean of the dataset means): {new_mean:.2f} against "
+                     f"{base_mean:.2f} ({signed(new_mean - base_mean)}); pairs ahead {ahead}, level {level}, "
+                     f"behind {behind} (sign test p = {sign_test(ahead, behind):.3g})")
+    return "\n".join(lines)
+
+
+def load(paths: list[str], metric: str) -> dict[str, dict[int, float]]:
+    merged: dict[str, dict[int, float]] = {}
+    for path in paths:
+        for ds, runs in runs_by_seed(read_json(path, "rows"), metric, path).items():
+            if ds in merged:
+                raise TwinheadError(f"{path}: dataset {ds!r} is in another file of the same side as well")
+            merged[ds] = runs
+    return merged
+
+
+def side_name(paths: list[str]) -> str:
+    return ", ".join(p.rsplit("/", 1)[-1].removesuffix(".json") for p in paths)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", nargs="+", required=True, help="seeds.py --json files of the baseline, one a dataset")
+    ap.add_argument("--new", nargs="+", required=True, help="the same for the configuration compared")
+    ap.add_argument("--metric", action="append", choices=COLUMNS,
+                    help="a column of seeds.py's table (repeatable; default dev_sentence_accuracy)")
+    ap.add_argument("--seeds", type=int, nargs="+", help="only these seeds (default: every seed both sides ran)")
+    args = ap.parse_args(argv)
+    blocks = []
+    for metric in args.metric or ["dev_sentence_accuracy"]:
+        pairs = pair(load(args.base, metric), load(args.new, metric), args.seeds)
+        blocks.append(report(pairs, metric, side_name(args.base), side_name(args.new)))
+    print("\n\n".join(blocks))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
