@@ -13,12 +13,22 @@ configuration is ahead, level or behind in, with a two-sided sign test over the 
 five seeds, all five ahead gives p = 0.0625: seeds are few, so this says how little a run of wins proves).
 The last line pools every dataset: the mean of the dataset means (the README's "over both") and the pairs.
 Select on dev columns; test columns are for reporting.
+
+    .venv/bin/python benchmarks/compare.py --spread benchmarks/results/{mr03,mps,aw1}-{snips,atis}-5seeds.json \
+        --seeds 1 2 3
+
+--spread asks whether several configurations differ at all, per dataset and metric (dev and test): each one's
+mean over the seeds; how far apart the means are (their std) against how far apart seed noise alone puts means of
+that many seeds (the pooled seed std over the square root of the seeds); a one-way ANOVA over the runs (scipy's
+f_oneway; p is the chance of means this far apart if every configuration were the same); and the correlation of
+the dev and the test means across configurations: whether a configuration that is better on dev is better on test.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script,
 from benchmarks.seeds import COLUMNS, read_json  # noqa: E402
 from twinhead.errors import TwinheadError, run_main  # noqa: E402
 
+SPREAD_METRICS = ("intent_accuracy", "slot_f1", "sentence_accuracy")  # each read on dev and on test
 LEVEL = 1e-4  # points: dev scores are logged to 6 decimals, so equal counts of right sentences read as level
 
 
@@ -130,6 +141,57 @@ def report(pairs: list[Paired], metric: str, base_name: str, new_name: str) -> s
     return "\n".join(lines)
 
 
+def spread_groups(paths: list[str], metric: str, seeds: list[int] | None) -> dict[str, dict[str, list[float]]]:
+    """{dataset: {configuration: its runs' values in points}} over the files, the seeds asked for only."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for path in paths:
+        for row in read_json(path, "rows"):
+            runs = runs_by_seed([row], metric, path)[row["dataset"]]
+            values = [v for s, v in sorted(runs.items()) if seeds is None or s in seeds]
+            groups = out.setdefault(row["dataset"], {})
+            name = row["config"].removesuffix(f"-{row['dataset']}")
+            if name in groups:
+                raise TwinheadError(f"{path}: configuration {name!r} on {row['dataset']} is in another file as well")
+            if values:
+                groups[name] = values
+    return out
+
+
+def spread_stats(groups: dict[str, list[float]]) -> dict[str, float]:
+    """Means' std, the std seed noise alone gives means of that many seeds, and the one-way ANOVA's F and p."""
+    from scipy.stats import f_oneway  # scikit-learn's dependency; only this mode needs it
+
+    means = [mean(v) for v in groups.values()]
+    n = mean([len(v) for v in groups.values()])
+    within = mean([statistics.variance(v) for v in groups.values()])  # pooled seed variance (equal weights)
+    anova = f_oneway(*groups.values())
+    return {"means_std": statistics.stdev(means), "noise_std": math.sqrt(within / n),
+            "f": float(anova.statistic), "p": float(anova.pvalue)}
+
+
+def spread_report(paths: list[str], metrics: list[str], seeds: list[int] | None) -> str:
+    """Per dataset: the configurations' dev and test means, then whether they differ and whether dev agrees."""
+    lines = []
+    for name in metrics:
+        dev, test = (spread_groups(paths, f"{split}_{name}", seeds) for split in ("dev", "test"))
+        for ds, dgroups in dev.items():
+            tgroups = test.get(ds, {})
+            configs = [c for c in dgroups if c in tgroups]
+            too_few = [c for c in configs if min(len(dgroups[c]), len(tgroups[c])) < 2]
+            if too_few or len(configs) < 3:
+                raise TwinheadError(f"{ds}: --spread needs 3 or more configurations of 2 or more seeds each "
+                                    f"(too few seeds: {too_few or 'none'}; configurations: {configs})")
+            lines.append(f"{ds}, {name} (mean over seeds, in points): " + ", ".join(
+                f"{c} {mean(dgroups[c]):.2f} / {mean(tgroups[c]):.2f}" for c in configs) + "  (dev / test)")
+            for split, groups in (("dev", dgroups), ("test", tgroups)):
+                st = spread_stats({c: groups[c] for c in configs})
+                lines.append(f"  {split}: means' std {st['means_std']:.2f} against {st['noise_std']:.2f} from seed "
+                             f"noise alone; one-way ANOVA F {st['f']:.2f}, p = {st['p']:.3g}")
+            r = statistics.correlation([mean(dgroups[c]) for c in configs], [mean(tgroups[c]) for c in configs])
+            lines.append(f"  dev and test means across the {len(configs)} configurations: correlation {r:+.2f}")
+    return "\n".join(lines)
+
+
 def load(paths: list[str], metric: str) -> dict[str, dict[int, float]]:
     merged: dict[str, dict[int, float]] = {}
     for path in paths:
@@ -146,12 +208,25 @@ def side_name(paths: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", nargs="+", required=True, help="seeds.py --json files of the baseline, one a dataset")
-    ap.add_argument("--new", nargs="+", required=True, help="the same for the configuration compared")
+    ap.add_argument("--base", nargs="+", help="seeds.py --json files of the baseline, one a dataset")
+    ap.add_argument("--new", nargs="+", help="the same for the configuration compared")
+    ap.add_argument("--spread", nargs="+", metavar="FILE", help="seeds.py --json files of 3 or more configurations "
+                    "(instead of --base and --new): do they differ at all, and does dev agree with test")
     ap.add_argument("--metric", action="append", choices=COLUMNS,
-                    help="a column of seeds.py's table (repeatable; default dev_sentence_accuracy)")
+                    help="a column of seeds.py's table (repeatable; default dev_sentence_accuracy; with --spread: "
+                         "intent_accuracy, slot_f1 or sentence_accuracy, default all three)")
     ap.add_argument("--seeds", type=int, nargs="+", help="only these seeds (default: every seed both sides ran)")
     args = ap.parse_args(argv)
+    if args.spread:
+        if args.base or args.new:
+            ap.error("--spread compares its own files: leave out --base and --new")
+        names = [m.removeprefix("dev_").removeprefix("test_") for m in args.metric or []]
+        if bad := [m for m in names if m not in SPREAD_METRICS]:
+            ap.error(f"--spread reads intent_accuracy, slot_f1 or sentence_accuracy, not {', '.join(bad)}")
+        print(spread_report(args.spread, list(dict.fromkeys(names)) or list(SPREAD_METRICS), args.seeds))
+        return 0
+    if not (args.base and args.new):
+        ap.error("--base and --new are both required (or --spread)")
     blocks = []
     for metric in args.metric or ["dev_sentence_accuracy"]:
         pairs = pair(load(args.base, metric), load(args.new, metric), args.seeds)

@@ -107,3 +107,42 @@ def test_the_script_prints_the_comparison_and_rejects_a_file_that_is_not_a_resul
     assert done.returncode != 0
     assert "bad.json: not a --json output of the benchmarks" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_spread_against_seed_noise_and_anova_by_hand():
+    # means 2, 3, 4 (std 1.0); each group's seed variance 1, so noise alone gives means of 3 seeds sqrt(1/3);
+    # F = (3 * 2 / 2) / 1 = 3 on (2, 6) degrees of freedom, whose tail is (1 + 2 * 3 / 6) ** -3 = 0.125
+    st = compare.spread_stats({"a": [1.0, 2.0, 3.0], "b": [2.0, 3.0, 4.0], "c": [3.0, 4.0, 5.0]})
+    assert st["means_std"] == pytest.approx(1.0)
+    assert st["noise_std"] == pytest.approx((1 / 3) ** 0.5)
+    assert (st["f"], st["p"]) == pytest.approx((3.0, 0.125))
+
+
+def spread_files(tmp_path, dev: dict[str, list[float]], test: dict[str, list[float]]) -> list[str]:
+    files = []
+    for config in dev:
+        runs = [{"seed": s + 1, "values": {"dev_intent_accuracy": d, "test_intent_accuracy": t}}
+                for s, (d, t) in enumerate(zip(dev[config], test[config]))]
+        files.append(write(tmp_path, config, {"config": f"{config}-snips", "dataset": "snips", "runs": runs}))
+    return files
+
+
+def test_spread_says_when_a_better_dev_configuration_is_worse_on_test(tmp_path):
+    files = spread_files(tmp_path, {"a": [0.97, 0.98, 0.99], "b": [0.98, 0.99, 1.0], "c": [0.99, 1.0, 1.0]},
+                         {"a": [0.99, 0.98, 0.97], "b": [0.97, 0.96, 0.98], "c": [0.95, 0.96, 0.94]})
+    text = compare.spread_report(files, ["intent_accuracy"], seeds=None)
+    assert "snips, intent_accuracy (mean over seeds, in points): a 98.00 / 98.00, b 99.00 / 97.00, " \
+           "c 99.67 / 95.00  (dev / test)" in text
+    # centred means: dev (-8, 1, 7) / 9, test (4, 1, -5) / 3: r = -66 / sqrt(114 * 42) = -0.954
+    assert "dev and test means across the 3 configurations: correlation -0.95" in text
+    # only seeds 1-2: each configuration's mean changes
+    assert "a 97.50 / 98.50" in compare.spread_report(files, ["intent_accuracy"], seeds=[1, 2])
+
+
+def test_spread_needs_three_configurations_of_two_seeds(tmp_path):
+    files = spread_files(tmp_path, {"a": [0.9, 0.91], "b": [0.92, 0.93]}, {"a": [0.9, 0.91], "b": [0.92, 0.93]})
+    with pytest.raises(TwinheadError, match=r"snips: --spread needs 3 or more configurations"):
+        compare.spread_report(files, ["intent_accuracy"], seeds=None)
+    files += spread_files(tmp_path, {"c": [0.9, 0.91]}, {"c": [0.9, 0.91]})
+    with pytest.raises(TwinheadError, match=r"too few seeds: \['a', 'b', 'c'\]"):
+        compare.spread_report(files, ["intent_accuracy"], seeds=[1])
