@@ -32,13 +32,13 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import fmean  # the mean seeds.py's tables use
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, only benchmarks/ is on the path
 
-from benchmarks.seeds import COLUMNS, read_json  # noqa: E402
+from benchmarks.seeds import COLUMNS, METRICS, read_json  # noqa: E402
 from twinhead.errors import TwinheadError, run_main  # noqa: E402
 
-SPREAD_METRICS = ("intent_accuracy", "slot_f1", "sentence_accuracy")  # each read on dev and on test
 LEVEL = 1e-4  # points: dev scores are logged to 6 decimals, so equal counts of right sentences read as level
 
 
@@ -108,10 +108,6 @@ def sign_test(ahead: int, behind: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
-def mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs)
-
-
 def signed(d: float) -> str:
     """A difference in points as +0.43 / -0.80, and 0.00 when it rounds to nothing (never -0.00)."""
     return "0.00" if abs(d) < 0.005 else f"{d:+.2f}"
@@ -126,26 +122,27 @@ def report(pairs: list[Paired], metric: str, base_name: str, new_name: str) -> s
         all_diffs += p.diffs
         per_seed = ", ".join(f"s{s} {signed(d)}" for s, d in zip(p.seeds, p.diffs))
         lines.append(f"{p.dataset}: {per_seed}")
-        lines.append(f"  mean {mean(p.new):.2f} against {mean(p.base):.2f} ({signed(mean(p.diffs))}) over "
+        lines.append(f"  mean {fmean(p.new):.2f} against {fmean(p.base):.2f} ({signed(fmean(p.diffs))}) over "
                      f"{len(p.seeds)} seeds; ahead {ahead}, level {level}, behind {behind} "
                      f"(sign test p = {sign_test(ahead, behind):.3g})")
         if p.unpaired:
             lines.append(f"  left out, unpaired: {', '.join(p.unpaired)}")
     if len(pairs) > 1:
         ahead, level, behind = tally(all_diffs)
-        new_mean = mean([mean(p.new) for p in pairs])
-        base_mean = mean([mean(p.base) for p in pairs])
+        new_mean = fmean([fmean(p.new) for p in pairs])
+        base_mean = fmean([fmean(p.base) for p in pairs])
         lines.append(f"over {len(pairs)} datasets (mean of the dataset means): {new_mean:.2f} against "
                      f"{base_mean:.2f} ({signed(new_mean - base_mean)}); pairs ahead {ahead}, level {level}, "
                      f"behind {behind} (sign test p = {sign_test(ahead, behind):.3g})")
     return "\n".join(lines)
 
 
-def spread_groups(paths: list[str], metric: str, seeds: list[int] | None) -> dict[str, dict[str, list[float]]]:
-    """{dataset: {configuration: its runs' values in points}} over the files, the seeds asked for only."""
+def spread_groups(files: dict[str, list[dict]], metric: str,
+                  seeds: list[int] | None) -> dict[str, dict[str, list[float]]]:
+    """{dataset: {configuration: its runs' values in points}} over the files' rows, the seeds asked for only."""
     out: dict[str, dict[str, list[float]]] = {}
-    for path in paths:
-        for row in read_json(path, "rows"):
+    for path, rows in files.items():
+        for row in rows:
             runs = runs_by_seed([row], metric, path)[row["dataset"]]
             values = [v for s, v in sorted(runs.items()) if seeds is None or s in seeds]
             groups = out.setdefault(row["dataset"], {})
@@ -161,9 +158,9 @@ def spread_stats(groups: dict[str, list[float]]) -> dict[str, float]:
     """Means' std, the std seed noise alone gives means of that many seeds, and the one-way ANOVA's F and p."""
     from scipy.stats import f_oneway  # scikit-learn's dependency; only this mode needs it
 
-    means = [mean(v) for v in groups.values()]
-    n = mean([len(v) for v in groups.values()])
-    within = mean([statistics.variance(v) for v in groups.values()])  # pooled seed variance (equal weights)
+    means = [fmean(v) for v in groups.values()]
+    n = fmean([len(v) for v in groups.values()])
+    within = fmean([statistics.variance(v) for v in groups.values()])  # pooled seed variance (equal weights)
     anova = f_oneway(*groups.values())
     return {"means_std": statistics.stdev(means), "noise_std": math.sqrt(within / n),
             "f": float(anova.statistic), "p": float(anova.pvalue)}
@@ -172,8 +169,9 @@ def spread_stats(groups: dict[str, list[float]]) -> dict[str, float]:
 def spread_report(paths: list[str], metrics: list[str], seeds: list[int] | None) -> str:
     """Per dataset: the configurations' dev and test means, then whether they differ and whether dev agrees."""
     lines = []
+    files = {path: read_json(path, "rows") for path in paths}  # each file read once, whatever the metrics
     for name in metrics:
-        dev, test = (spread_groups(paths, f"{split}_{name}", seeds) for split in ("dev", "test"))
+        dev, test = (spread_groups(files, f"{split}_{name}", seeds) for split in ("dev", "test"))
         for ds, dgroups in dev.items():
             tgroups = test.get(ds, {})
             configs = [c for c in dgroups if c in tgroups]
@@ -182,12 +180,12 @@ def spread_report(paths: list[str], metrics: list[str], seeds: list[int] | None)
                 raise TwinheadError(f"{ds}: --spread needs 3 or more configurations of 2 or more seeds each "
                                     f"(too few seeds: {too_few or 'none'}; configurations: {configs})")
             lines.append(f"{ds}, {name} (mean over seeds, in points): " + ", ".join(
-                f"{c} {mean(dgroups[c]):.2f} / {mean(tgroups[c]):.2f}" for c in configs) + "  (dev / test)")
+                f"{c} {fmean(dgroups[c]):.2f} / {fmean(tgroups[c]):.2f}" for c in configs) + "  (dev / test)")
             for split, groups in (("dev", dgroups), ("test", tgroups)):
                 st = spread_stats({c: groups[c] for c in configs})
                 lines.append(f"  {split}: means' std {st['means_std']:.2f} against {st['noise_std']:.2f} from seed "
                              f"noise alone; one-way ANOVA F {st['f']:.2f}, p = {st['p']:.3g}")
-            r = statistics.correlation([mean(dgroups[c]) for c in configs], [mean(tgroups[c]) for c in configs])
+            r = statistics.correlation([fmean(dgroups[c]) for c in configs], [fmean(tgroups[c]) for c in configs])
             lines.append(f"  dev and test means across the {len(configs)} configurations: correlation {r:+.2f}")
     return "\n".join(lines)
 
@@ -221,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.base or args.new:
             ap.error("--spread compares its own files: leave out --base and --new")
         names = [m.removeprefix("dev_").removeprefix("test_") for m in args.metric or []]
-        if bad := [m for m in names if m not in SPREAD_METRICS]:
+        if bad := [m for m in names if m not in METRICS]:
             ap.error(f"--spread reads intent_accuracy, slot_f1 or sentence_accuracy, not {', '.join(bad)}")
-        print(spread_report(args.spread, list(dict.fromkeys(names)) or list(SPREAD_METRICS), args.seeds))
+        print(spread_report(args.spread, list(dict.fromkeys(names)) or list(METRICS), args.seeds))
         return 0
     if not (args.base and args.new):
         ap.error("--base and --new are both required (or --spread)")
