@@ -151,3 +151,26 @@ def test_tag_probabilities_are_those_of_the_decoded_path(decoder):
             assert probs[s:s + 3] == pytest.approx(want, abs=1e-5)
         for start, end, _, conf in span_confidences(tags, probs):
             assert conf == pytest.approx(float(np.prod(probs[start:end])))
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_rdrop_divergence_is_the_symmetric_kl_between_two_passes(multi):
+    """train.rdrop's consistency term: (KL(p || q) + KL(q || p)) / 2 between the two passes' intent
+    distributions (softmax, or a Bernoulli per label averaged over labels), a mean over rows, weighted as the
+    loss weights them; 0 when both passes agree."""
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 4), torch.randn(6, 4)
+    head = SentenceHead(4, 4, 4, 0.0, multi_label=multi)
+    if multi:
+        p, q = torch.sigmoid(a), torch.sigmoid(b)
+        kl_pq = (p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()).mean(-1)
+        kl_qp = (q * (q / p).log() + (1 - q) * ((1 - q) / (1 - p)).log()).mean(-1)
+    else:
+        p, q = torch.softmax(a, -1), torch.softmax(b, -1)
+        kl_pq, kl_qp = (p * (p / q).log()).sum(-1), (q * (q / p).log()).sum(-1)
+    rows = (kl_pq + kl_qp) / 2
+    torch.testing.assert_close(head.divergence(a, b), rows.mean())
+    torch.testing.assert_close(head.divergence(b, a), rows.mean())
+    assert head.divergence(a, a).item() == pytest.approx(0.0, abs=1e-7)
+    weight = torch.tensor([1.0, 0.0, 2.0, 0.0, 1.0, 0.0])
+    torch.testing.assert_close(head.divergence(a, b, weight), (rows * weight).sum() / weight.sum())

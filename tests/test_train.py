@@ -522,3 +522,53 @@ def test_weight_decay_of_adam_is_l2_and_of_adamw_a_shrink_apart_from_the_gradien
         assert g is not None
         # Adam's first step moves a weight by lr * sign(its gradient): the decay adds nothing to it
         assert torch.allclose(b - p.detach(), 0.01 * torch.sign(g), atol=1e-6)
+
+
+def test_rdrop_runs_the_batch_twice_and_adds_the_intent_divergence(data):
+    """train.rdrop (R-Drop): in training, one pass over the batch twice (each copy its own dropout draws);
+    each task's loss is the two copies' mean and the intent loss adds rdrop times the symmetric KL between the
+    copies' intent distributions. Without dropout both copies agree: the plain losses. Off in eval mode."""
+    from twinhead.mtl import make_rule
+    from twinhead.train import TaskLosses
+
+    tr, _, vocabs = data
+    n = (len(vocabs.words), len(vocabs.chars), vocabs.tags.itos, vocabs.intents.itos)
+    still = JointModel(MCFG, *n)  # dropout 0
+    batch = one_batch(data, still)
+    rule = make_rule("sum", ["intent", "tags"], {"intent": 1.0, "tags": 1.0})
+    plain = TaskLosses(still, rule, ["intent", "tags"])(batch)
+    twice = TaskLosses(still, rule, ["intent", "tags"], rdrop=1.0)(batch)
+    for t in plain:
+        torch.testing.assert_close(twice[t], plain[t])
+
+    torch.manual_seed(0)
+    model = JointModel(dataclasses.replace(MCFG, dropout=0.3), *n)
+    losses = TaskLosses(model, rule, ["intent", "tags"], rdrop=2.0)
+    torch.manual_seed(5)
+    got = losses(batch)
+    torch.manual_seed(5)  # the same dropout draws, by hand
+    ins = [torch.cat([x, x]) for x in (batch.words, batch.chars, batch.mask, batch.lengths)]
+    logits, scores = model(*ins)
+    a, b = logits.chunk(2)
+    head = model.intent_head
+    kl = head.divergence(a, b)
+    assert kl.item() > 1e-4  # the copies' dropout differs
+    want = (head.loss(a, batch.intents) + head.loss(b, batch.intents)) / 2 + 2.0 * kl
+    torch.testing.assert_close(got["intent"], want)
+    sa, sb = scores.chunk(2)
+    torch.testing.assert_close(got["tags"], (model.tag_head.loss(sa, batch.tags, batch.mask)
+                                             + model.tag_head.loss(sb, batch.tags, batch.mask)) / 2)
+    model.eval()
+    torch.testing.assert_close(losses(batch)["intent"], TaskLosses(model, rule, ["intent", "tags"])(batch)["intent"])
+
+
+def test_rdrop_trains_and_is_refused_below_zero(data):
+    tr, dev, vocabs = data
+    tcfg = TrainConfig(epochs=1, batch_size=16, lr=0.01, patience=0, mention_replace=0.0, hold_tags=0)
+    mcfg = dataclasses.replace(MCFG, dropout=0.3)
+    plain = train(tr, dev, vocabs, mcfg, tcfg, seed=3, progress=False)
+    rd = train(tr, dev, vocabs, mcfg, dataclasses.replace(tcfg, rdrop=1.0), seed=3, progress=False)
+    assert rd.history[0]["train_loss"] != plain.history[0]["train_loss"]
+    assert np.isfinite(rd.history[0]["train_loss"])
+    with pytest.raises(ValueError, match="rdrop"):
+        TrainConfig(rdrop=-0.5)

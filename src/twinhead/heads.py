@@ -72,6 +72,22 @@ class SentenceHead(nn.Module):
             return loss
         return (loss * weight).sum() / weight.sum().clamp(min=1e-12)
 
+    def divergence(self, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """R-Drop's consistency term: the symmetric KL divergence, (KL(p_a || p_b) + KL(p_b || p_a)) / 2, between
+        the distributions two passes' logits a and b (B, L) give (softmax; multi-label, a Bernoulli per label,
+        averaged over labels), a mean over rows, weighted as `loss` weights them."""
+        if self.multi_label:
+            la = torch.stack([nn.functional.logsigmoid(-a), nn.functional.logsigmoid(a)], -1)  # (B, L, 2)
+            lb = torch.stack([nn.functional.logsigmoid(-b), nn.functional.logsigmoid(b)], -1)
+        else:
+            la, lb = torch.log_softmax(a, -1), torch.log_softmax(b, -1)
+        kl = ((la.exp() - lb.exp()) * (la - lb)).sum(-1) / 2  # (B,) or (B, L): the two KLs' mean
+        if self.multi_label:
+            kl = kl.mean(-1)
+        if weight is None:
+            return kl.mean()
+        return (kl * weight).sum() / weight.sum().clamp(min=1e-12)
+
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, -1)  # (B, L)
 

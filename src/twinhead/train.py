@@ -83,6 +83,10 @@ class TrainConfig:
     tag_weight: NonNegFloat = 1.0  # loss weight of the tagging task
     word_dropout: Fraction = 0.25  # probability of reading a word seen once in train as <unk>
     label_smoothing: Fraction = 0.0  # the sentence head's targets: 1 - eps on the gold label, eps spread over all
+    # > 0: R-Drop (Liang et al. 2021): each batch runs through the model twice in one pass (independent dropout),
+    # each task's loss is the two copies' mean, and the intent loss adds this weight times the symmetric KL
+    # divergence between the copies' intent distributions. About twice the work per step. 0: off
+    rdrop: NonNegFloat = 0.0
     patience: NonNegInt = 16  # epochs without dev improvement before stopping; 0 never stops early
     early_stop_metric: Literal[METRICS] = "sentence_accuracy"  # the dev metric early stopping follows
     device: Annotated[str, AfterValidator(_device_name)] = "auto"  # auto: CUDA when present, else CPU
@@ -398,20 +402,32 @@ class TaskLosses(nn.Module):
     """The trained tasks' losses on a batch. This is what DDP wraps: it holds every trained parameter (the
     model's and the loss rule's learned task weights), so that one step serves one process or N."""
 
-    def __init__(self, model: JointModel, rule: LossRule, tasks: list[str], label_smoothing: float = 0.0):
+    def __init__(self, model: JointModel, rule: LossRule, tasks: list[str], label_smoothing: float = 0.0,
+                 rdrop: float = 0.0):
         super().__init__()
         self.model, self.rule, self.tasks = model, rule, list(tasks)
-        self.label_smoothing = label_smoothing
+        self.label_smoothing, self.rdrop = label_smoothing, rdrop
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         model = self.model
-        intent_logits, tag_scores = model(batch.words, batch.chars, batch.mask, batch.lengths)
+        twice = self.rdrop > 0 and model.training  # R-Drop: the batch twice, each copy its own dropout draws
+        inputs = (batch.words, batch.chars, batch.mask, batch.lengths)
+        if twice:
+            inputs = tuple(None if x is None else torch.cat([x, x]) for x in inputs)
+        intent_logits, tag_scores = model(*inputs)
         losses = {}
         if "intent" in self.tasks:
-            losses["intent"] = model.intent_head.loss(intent_logits, batch.intents, self.label_smoothing,
-                                                      batch.intent_weight)
+            head = model.intent_head
+            halves = intent_logits.chunk(2) if twice else (intent_logits,)
+            losses["intent"] = sum(head.loss(lg, batch.intents, self.label_smoothing, batch.intent_weight)
+                                   for lg in halves) / len(halves)
+            if twice:
+                losses["intent"] = losses["intent"] + self.rdrop * head.divergence(*halves, batch.intent_weight)
         if "tags" in self.tasks:
-            losses["tags"] = model.tag_head.loss(tag_scores, batch.tags, batch.mask)
+            if twice:  # the mean over both copies' rows: the mean of the two copies' losses
+                losses["tags"] = model.tag_head.loss(tag_scores, torch.cat([batch.tags] * 2), inputs[2])
+            else:
+                losses["tags"] = model.tag_head.loss(tag_scores, batch.tags, batch.mask)
         if batch.scale is not None:
             losses = {t: v * batch.scale[t] for t, v in losses.items()}
         return losses
@@ -560,7 +576,7 @@ def new_state(model: JointModel, tcfg: TrainConfig, steps_per_epoch: int, seed: 
     rule = make_rule(tcfg.loss_rule, tcfg.tasks, tcfg.task_weights(), gen).to(next(model.parameters()).device)
     # grad_mean writes .grad itself (autograd.grad per task); sum and uncertainty are one backward, which
     # DDP's hooks reduce. One task: every rule is one backward, and the other head gets no gradient.
-    sync = GradSync(TaskLosses(model, rule, tcfg.tasks, tcfg.label_smoothing), world,
+    sync = GradSync(TaskLosses(model, rule, tcfg.tasks, tcfg.label_smoothing, tcfg.rdrop), world,
                     rule_writes_grads=tcfg.loss_rule == "grad_mean" and len(tcfg.tasks) > 1,
                     find_unused=len(tcfg.tasks) == 1)
     groups = [{"params": list(model.parameters())}]
