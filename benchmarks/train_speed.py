@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/train_speed.py [--threads 1 2] [--batches 60] [--rules sum grad_mean uncertainty pcgrad]
                                        [--lstm-routes split packed] [--batch-sizes 32 64 128]
-                                       [--flush-denormal on off] [--state models/resume/state.pt]
+                                       [--flush-denormal on off] [--rdrop 0 1] [--state models/resume/state.pt]
        python benchmarks/train_speed.py --denormal-multiply
 Reads data/processed and data/vocab (run `dvc repro vocab` first) and the model/train params. `build ms` is the
 part of a batch spent making its tensors (TrainData.batch); `mixed` counts the timed batches holding sentences of
@@ -11,7 +11,8 @@ the LSTM once per length, unpacked), `packed` forces one packed call per batch (
 sentences per batch (default: train.batch_size); a torchrun process trains on 1/N of each batch, so the time of
 a batch of B/N in one process is what N processes pay per step before they average their gradients. --state:
 start from a run's weights and Adam moments instead of fresh ones (denormal floats build up in the moments as
-training goes on; --flush-denormal on off times both ways).
+training goes on; --flush-denormal on off times both ways). --rdrop: train.rdrop weights to time (R-Drop runs each
+batch twice in one pass; 0 is off).
 """
 
 import argparse
@@ -61,6 +62,8 @@ def main() -> None:
                     help="sentences per batch to time (default: params.yaml's train.batch_size)")
     ap.add_argument("--flush-denormal", nargs="+", default=None, choices=["on", "off"],
                     help="float32 denormals computed as zero or not (default: params.yaml's train.flush_denormal)")
+    ap.add_argument("--rdrop", type=float, nargs="+", default=None,
+                    help="train.rdrop weights to time (default: params.yaml's; 0: off)")
     ap.add_argument("--state", default=None,
                     help="start from the weights and optimizer moments of a training state the train stage saved "
                          "(models/resume/state.pt, left by a killed run) instead of fresh ones")
@@ -77,12 +80,13 @@ def main() -> None:
     saved = safe_torch_load(args.state) if args.state else None
     flushes = [f == "on" for f in args.flush_denormal] if args.flush_denormal else [base.flush_denormal]
     print(f"{'rule':12s} {'route':>6s} {'threads':>7s} {'batch':>5s} {'flush':>5s} {'ms/batch':>9s} {'build ms':>8s} "
-          f"{'mixed':>5s} {'words/s':>9s} {'s/epoch':>8s}")
+          f"{'mixed':>5s} {'words/s':>9s} {'s/epoch':>8s} {'rdrop':>5s}")
     split_max = model_module.SPLIT_MAX_LENGTHS
-    for rule, route, threads, size, flush in itertools.product(args.rules or [base.loss_rule], args.lstm_routes,
-                                                               args.threads, args.batch_sizes or [base.batch_size],
-                                                               flushes):
-        tcfg = dataclasses.replace(base, loss_rule=rule, batch_size=size)
+    rdrops = args.rdrop if args.rdrop is not None else [base.rdrop]
+    for rule, route, threads, size, flush, rdrop in itertools.product(
+            args.rules or [base.loss_rule], args.lstm_routes, args.threads, args.batch_sizes or [base.batch_size],
+            flushes, rdrops):
+        tcfg = dataclasses.replace(base, loss_rule=rule, batch_size=size, rdrop=rdrop)
         model_module.SPLIT_MAX_LENGTHS = split_max if route == "split" else 0
         torch.set_flush_denormal(flush)  # as training does (twinhead.train.set_determinism)
         torch.set_num_threads(threads)
@@ -112,7 +116,7 @@ def main() -> None:
         dt = time.perf_counter() - t0
         print(f"{rule:12s} {route:>6s} {threads:7d} {size:5d} {'on' if flush else 'off':>5s} "
               f"{dt / len(batches) * 1000:9.1f} {build / len(batches) * 1000:8.2f} {mixed:5d} {words / dt:9.0f} "
-              f"{dt / len(batches) * n_epoch:8.1f}")
+              f"{dt / len(batches) * n_epoch:8.1f} {rdrop:5g}")
     model_module.SPLIT_MAX_LENGTHS = split_max
 
 
