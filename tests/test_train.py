@@ -558,6 +558,16 @@ def test_rdrop_runs_the_batch_twice_and_adds_the_intent_divergence(data):
     sa, sb = scores.chunk(2)
     torch.testing.assert_close(got["tags"], (model.tag_head.loss(sa, batch.tags, batch.mask)
                                              + model.tag_head.loss(sb, batch.tags, batch.mask)) / 2)
+    # rows weighted in the intent loss (train.mention_pool split): both copies' loss and the divergence
+    # weigh each row as the plain loss does; a row of weight 0 counts in neither
+    weight = torch.rand(len(batch.intents), generator=torch.Generator().manual_seed(1)).round()
+    assert 0 < weight.sum() < len(weight)
+    torch.manual_seed(5)
+    got = losses(batch._replace(intent_weight=weight))
+    want = ((head.loss(a, batch.intents, weight=weight) + head.loss(b, batch.intents, weight=weight)) / 2
+            + 2.0 * head.divergence(a, b, weight))
+    torch.testing.assert_close(got["intent"], want)
+    assert not torch.isclose(want, (head.loss(a, batch.intents) + head.loss(b, batch.intents)) / 2 + 2.0 * kl)
     model.eval()
     torch.testing.assert_close(losses(batch)["intent"], TaskLosses(model, rule, ["intent", "tags"])(batch)["intent"])
 

@@ -230,6 +230,10 @@ class Batch(NamedTuple):
     # "split_weighted": 0 or more); None: the plain mean
     intent_weight: torch.Tensor | None = None
 
+    def twice(self) -> Batch:
+        """The rows stacked on themselves, (2B, ...): R-Drop's one pass over two copies (scale kept)."""
+        return self._replace(**{f: torch.cat([v, v]) for f, v in self._asdict().items() if torch.is_tensor(v)})
+
 
 class TrainData:
     """Encoded train split, a sentence as arrays (so that a batch is one copy per sentence, not a tensor per word):
@@ -411,23 +415,17 @@ class TaskLosses(nn.Module):
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         model = self.model
         twice = self.rdrop > 0 and model.training  # R-Drop: the batch twice, each copy its own dropout draws
-        inputs = (batch.words, batch.chars, batch.mask, batch.lengths)
-        if twice:
-            inputs = tuple(None if x is None else torch.cat([x, x]) for x in inputs)
-        intent_logits, tag_scores = model(*inputs)
+        rows = batch.twice() if twice else batch  # a loss's mean over both copies' rows: the copies' losses' mean
+        intent_logits, tag_scores = model(rows.words, rows.chars, rows.mask, rows.lengths)
         losses = {}
         if "intent" in self.tasks:
             head = model.intent_head
-            halves = intent_logits.chunk(2) if twice else (intent_logits,)
-            losses["intent"] = sum(head.loss(lg, batch.intents, self.label_smoothing, batch.intent_weight)
-                                   for lg in halves) / len(halves)
+            losses["intent"] = head.loss(intent_logits, rows.intents, self.label_smoothing, rows.intent_weight)
             if twice:
-                losses["intent"] = losses["intent"] + self.rdrop * head.divergence(*halves, batch.intent_weight)
+                losses["intent"] = losses["intent"] + self.rdrop * head.divergence(*intent_logits.chunk(2),
+                                                                                   batch.intent_weight)
         if "tags" in self.tasks:
-            if twice:  # the mean over both copies' rows: the mean of the two copies' losses
-                losses["tags"] = model.tag_head.loss(tag_scores, torch.cat([batch.tags] * 2), inputs[2])
-            else:
-                losses["tags"] = model.tag_head.loss(tag_scores, batch.tags, batch.mask)
+            losses["tags"] = model.tag_head.loss(tag_scores, rows.tags, rows.mask)
         if batch.scale is not None:
             losses = {t: v * batch.scale[t] for t, v in losses.items()}
         return losses
