@@ -166,9 +166,22 @@ def spread_stats(groups: dict[str, list[float]]) -> dict[str, float]:
             "f": float(anova.statistic), "p": float(anova.pvalue)}
 
 
-def spread_report(paths: list[str], metrics: list[str], seeds: list[int] | None) -> str:
-    """Per dataset: the configurations' dev and test means, then whether they differ and whether dev agrees."""
-    lines = []
+@dataclass
+class Spread:
+    """One dataset and metric of --spread: each configuration's dev and test mean over its seeds, in points."""
+
+    dataset: str
+    metric: str
+    configs: list[str]
+    dev: list[float]
+    test: list[float]
+    stats: dict[str, dict[str, float]]  # "dev" / "test": spread_stats
+    correlation: float  # of the dev and the test means across the configurations
+
+
+def spreads(paths: list[str], metrics: list[str], seeds: list[int] | None) -> list[Spread]:
+    """Per metric and dataset, the configurations both splits hold, their means and whether they differ."""
+    out = []
     files = {path: read_json(path, "rows") for path in paths}  # each file read once, whatever the metrics
     for name in metrics:
         dev, test = (spread_groups(files, f"{split}_{name}", seeds) for split in ("dev", "test"))
@@ -179,15 +192,59 @@ def spread_report(paths: list[str], metrics: list[str], seeds: list[int] | None)
             if too_few or len(configs) < 3:
                 raise TwinheadError(f"{ds}: --spread needs 3 or more configurations of 2 or more seeds each "
                                     f"(too few seeds: {too_few or 'none'}; configurations: {configs})")
-            lines.append(f"{ds}, {name} (mean over seeds, in points): " + ", ".join(
-                f"{c} {fmean(dgroups[c]):.2f} / {fmean(tgroups[c]):.2f}" for c in configs) + "  (dev / test)")
-            for split, groups in (("dev", dgroups), ("test", tgroups)):
-                st = spread_stats({c: groups[c] for c in configs})
-                lines.append(f"  {split}: means' std {st['means_std']:.2f} against {st['noise_std']:.2f} from seed "
-                             f"noise alone; one-way ANOVA F {st['f']:.2f}, p = {st['p']:.3g}")
-            r = statistics.correlation([fmean(dgroups[c]) for c in configs], [fmean(tgroups[c]) for c in configs])
-            lines.append(f"  dev and test means across the {len(configs)} configurations: correlation {r:+.2f}")
+            dmeans, tmeans = ([fmean(g[c]) for c in configs] for g in (dgroups, tgroups))
+            stats = {split: spread_stats({c: g[c] for c in configs})
+                     for split, g in (("dev", dgroups), ("test", tgroups))}
+            out.append(Spread(ds, name, configs, dmeans, tmeans, stats, statistics.correlation(dmeans, tmeans)))
+    return out
+
+
+def spread_report(paths: list[str], metrics: list[str], seeds: list[int] | None) -> str:
+    """Per dataset: the configurations' dev and test means, then whether they differ and whether dev agrees."""
+    lines = []
+    for sp in spreads(paths, metrics, seeds):
+        lines.append(f"{sp.dataset}, {sp.metric} (mean over seeds, in points): " + ", ".join(
+            f"{c} {d:.2f} / {t:.2f}" for c, d, t in zip(sp.configs, sp.dev, sp.test)) + "  (dev / test)")
+        for split in ("dev", "test"):
+            st = sp.stats[split]
+            lines.append(f"  {split}: means' std {st['means_std']:.2f} against {st['noise_std']:.2f} from seed "
+                         f"noise alone; one-way ANOVA F {st['f']:.2f}, p = {st['p']:.3g}")
+        lines.append(f"  dev and test means across the {len(sp.configs)} configurations: correlation "
+                     f"{sp.correlation:+.2f}")
     return "\n".join(lines)
+
+
+def spread_figure(found: list[Spread]):
+    """A panel per dataset (rows) and metric (columns): each configuration's test mean against its dev mean,
+    named (the first configuration, the baseline, in red; those at the same point under one label), with the
+    std seed noise alone gives such a mean as error bars."""
+    from twinhead.plots import _pyplot
+
+    plt = _pyplot()
+    datasets = list(dict.fromkeys(sp.dataset for sp in found))
+    metrics = list(dict.fromkeys(sp.metric for sp in found))
+    fig, axes = plt.subplots(len(datasets), len(metrics), figsize=(4.2 * len(metrics), 3.8 * len(datasets)),
+                             squeeze=False)
+    for sp in found:
+        ax = axes[datasets.index(sp.dataset)][metrics.index(sp.metric)]
+        colours = ["tab:blue"] * (len(sp.configs) - 1) + ["tab:red"]  # the baseline last: drawn on top
+        ax.errorbar(sp.dev, sp.test, xerr=sp.stats["dev"]["noise_std"], yerr=sp.stats["test"]["noise_std"],
+                    fmt="none", ecolor="0.8", elinewidth=0.8, zorder=1)
+        ax.scatter(sp.dev[1:] + sp.dev[:1], sp.test[1:] + sp.test[:1], c=colours, s=18, zorder=2)
+        at: dict[tuple[float, float], list[str]] = {}  # configurations at the same point share one label
+        for c, d, t in zip(sp.configs, sp.dev, sp.test):
+            at.setdefault((round(d, 2), round(t, 2)), []).append(c)
+        for (d, t), names in at.items():
+            ax.annotate(", ".join(names), (d, t), fontsize=7, xytext=(3, 2), textcoords="offset points",
+                        color="tab:red" if sp.configs[0] in names else "black")
+        title = sp.metric.replace("_", " ").replace("f1", "F1")
+        ax.set_title(f"{sp.dataset} {title}: r = {sp.correlation:+.2f}", fontsize=9)
+        ax.set_xlabel("dev mean (%)", fontsize=8)
+        ax.set_ylabel("test mean (%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle("each configuration's mean over its seeds; bars: seed noise of such a mean", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def load(paths: list[str], metric: str) -> dict[str, dict[int, float]]:
@@ -214,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="a column of seeds.py's table (repeatable; default dev_sentence_accuracy; with --spread: "
                          "intent_accuracy, slot_f1 or sentence_accuracy, default all three)")
     ap.add_argument("--seeds", type=int, nargs="+", help="only these seeds (default: every seed both sides ran)")
+    ap.add_argument("--plot", metavar="PNG", help="with --spread: also draw each configuration's test mean against "
+                    "its dev mean, a panel per dataset and metric, into this PNG")
     args = ap.parse_args(argv)
     if args.spread:
         if args.base or args.new:
@@ -221,8 +280,16 @@ def main(argv: list[str] | None = None) -> int:
         names = [m.removeprefix("dev_").removeprefix("test_") for m in args.metric or []]
         if bad := [m for m in names if m not in METRICS]:
             ap.error(f"--spread reads intent_accuracy, slot_f1 or sentence_accuracy, not {', '.join(bad)}")
-        print(spread_report(args.spread, list(dict.fromkeys(names)) or list(METRICS), args.seeds))
+        metrics = list(dict.fromkeys(names)) or list(METRICS)
+        print(spread_report(args.spread, metrics, args.seeds))
+        if args.plot:
+            from twinhead.plots import _save
+
+            _save(spread_figure(spreads(args.spread, metrics, args.seeds)), args.plot)
+            print(f"figure: {args.plot}")
         return 0
+    if args.plot:
+        ap.error("--plot draws --spread's configurations: give --spread")
     if not (args.base and args.new):
         ap.error("--base and --new are both required (or --spread)")
     blocks = []

@@ -146,3 +146,26 @@ def test_spread_needs_three_configurations_of_two_seeds(tmp_path):
     files += spread_files(tmp_path, {"c": [0.9, 0.91]}, {"c": [0.9, 0.91]})
     with pytest.raises(TwinheadError, match=r"too few seeds: \['a', 'b', 'c'\]"):
         compare.spread_report(files, ["intent_accuracy"], seeds=[1])
+
+
+def test_spread_plot_draws_each_configuration_at_its_dev_and_test_means(tmp_path):
+    files = spread_files(tmp_path, {"a": [0.97, 0.98, 0.99], "b": [0.98, 0.99, 1.0], "c": [0.99, 1.0, 1.0]},
+                         {"a": [0.99, 0.98, 0.97], "b": [0.97, 0.96, 0.98], "c": [0.95, 0.96, 0.94]})
+    (sp,) = compare.spreads(files, ["intent_accuracy"], seeds=None)
+    fig = compare.spread_figure([sp])
+    (ax,) = fig.axes
+    points = ax.collections[-1].get_offsets()  # the scatter, drawn over the error bars, the baseline (a) last
+    assert points.ravel().tolist() == pytest.approx([99.0, 97.0, 99 + 2 / 3, 95.0, 98.0, 98.0])
+    assert [t.get_text() for t in ax.texts] == ["a", "b", "c"]
+    assert ax.texts[0].get_color() == "tab:red"  # the first file: the baseline
+    assert ax.get_title() == "snips intent accuracy: r = -0.95"
+    png = tmp_path / "spread.png"
+    done = subprocess.run([sys.executable, "benchmarks/compare.py", "--spread", *files, "--metric",
+                           "dev_intent_accuracy", "--plot", str(png)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"figure: {png}" in done.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    done = subprocess.run([sys.executable, "benchmarks/compare.py", "--base", files[0], "--new", files[1],
+                           "--plot", str(tmp_path / "no.png")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode != 0 and "--plot draws --spread's configurations" in done.stderr
+    assert not (tmp_path / "no.png").exists()
