@@ -218,9 +218,9 @@ def spread_figure(found: list[Spread]):
     """A panel per dataset (rows) and metric (columns): each configuration's test mean against its dev mean,
     named (the first configuration, the baseline, in red; those at the same point under one label), with the
     std seed noise alone gives such a mean as error bars."""
-    from twinhead.plots import _pyplot
+    from twinhead.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     datasets = list(dict.fromkeys(sp.dataset for sp in found))
     metrics = list(dict.fromkeys(sp.metric for sp in found))
     fig, axes = plt.subplots(len(datasets), len(metrics), figsize=(4.2 * len(metrics), 3.8 * len(datasets)),
@@ -283,9 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics = list(dict.fromkeys(names)) or list(METRICS)
         print(spread_report(args.spread, metrics, args.seeds))
         if args.plot:
-            from twinhead.plots import _save
+            from twinhead.plots import save_png
 
-            _save(spread_figure(spreads(args.spread, metrics, args.seeds)), args.plot)
+            save_png(spread_figure(spreads(args.spread, metrics, args.seeds)), args.plot)
             print(f"figure: {args.plot}")
         return 0
     if args.plot:

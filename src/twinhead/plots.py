@@ -13,7 +13,8 @@ from twinhead import fileio
 DPI = 100
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (also for the figures of benchmarks/)."""
     import matplotlib
 
     matplotlib.use("Agg")  # draws without a display: DVC stages and CI have none
@@ -22,7 +23,8 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path) -> None:
+def save_png(fig, path: str | Path) -> None:
+    """The figure as a PNG at `path`, written atomically, then closed."""
     import matplotlib.pyplot as plt
 
     try:
@@ -35,7 +37,7 @@ def _save(fig, path: str | Path) -> None:
 def confusion_figure(records: list[dict], title: str = "intent confusion (test)"):
     """The intent confusion matrix (rows: actual, columns: predicted) drawn by scikit-learn's
     ConfusionMatrixDisplay; `records` are {"actual", "predicted"} per sentence. Zero cells stay blank."""
-    plt = _pyplot()
+    plt = pyplot()
     from sklearn.metrics import ConfusionMatrixDisplay
 
     labels = sorted({r["actual"] for r in records} | {r["predicted"] for r in records})
@@ -59,7 +61,7 @@ def confusion_figure(records: list[dict], title: str = "intent confusion (test)"
 
 def confusion_png(records: list[dict], path: str | Path, title: str = "intent confusion (test)") -> None:
     """confusion_figure as a PNG file."""
-    _save(confusion_figure(records, title), path)
+    save_png(confusion_figure(records, title), path)
 
 
 def slot_f1_figure(per_type: dict[str, dict], title: str = "slot F1 per type (test)"):
@@ -67,7 +69,7 @@ def slot_f1_figure(per_type: dict[str, dict], title: str = "slot F1 per type (te
 
     `per_type` is eval_details.json's slot.per_type: {type: {"precision", "recall", "f1", "support"}}.
     """
-    plt = _pyplot()
+    plt = pyplot()
     rows = sorted(per_type.items(), key=lambda kv: (kv[1]["f1"], kv[0]), reverse=True)  # barh draws bottom-up
     fig, ax = plt.subplots(figsize=(7.0, max(2.5, 0.28 * len(rows) + 1.2)))
     f1 = [s["f1"] for _, s in rows]
@@ -83,4 +85,4 @@ def slot_f1_figure(per_type: dict[str, dict], title: str = "slot F1 per type (te
 
 def slot_f1_png(per_type: dict[str, dict], path: str | Path, title: str = "slot F1 per type (test)") -> None:
     """slot_f1_figure as a PNG file."""
-    _save(slot_f1_figure(per_type, title), path)
+    save_png(slot_f1_figure(per_type, title), path)
