@@ -199,10 +199,10 @@ def spreads(paths: list[str], metrics: list[str], seeds: list[int] | None) -> li
     return out
 
 
-def spread_report(paths: list[str], metrics: list[str], seeds: list[int] | None) -> str:
+def spread_report(found: list[Spread]) -> str:
     """Per dataset: the configurations' dev and test means, then whether they differ and whether dev agrees."""
     lines = []
-    for sp in spreads(paths, metrics, seeds):
+    for sp in found:
         lines.append(f"{sp.dataset}, {sp.metric} (mean over seeds, in points): " + ", ".join(
             f"{c} {d:.2f} / {t:.2f}" for c, d, t in zip(sp.configs, sp.dev, sp.test)) + "  (dev / test)")
         for split in ("dev", "test"):
@@ -280,12 +280,12 @@ def main(argv: list[str] | None = None) -> int:
         names = [m.removeprefix("dev_").removeprefix("test_") for m in args.metric or []]
         if bad := [m for m in names if m not in METRICS]:
             ap.error(f"--spread reads intent_accuracy, slot_f1 or sentence_accuracy, not {', '.join(bad)}")
-        metrics = list(dict.fromkeys(names)) or list(METRICS)
-        print(spread_report(args.spread, metrics, args.seeds))
+        found = spreads(args.spread, list(dict.fromkeys(names)) or list(METRICS), args.seeds)
+        print(spread_report(found))
         if args.plot:
             from twinhead.plots import save_png
 
-            save_png(spread_figure(spreads(args.spread, metrics, args.seeds)), args.plot)
+            save_png(spread_figure(found), args.plot)
             print(f"figure: {args.plot}")
         return 0
     if args.plot:

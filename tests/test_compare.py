@@ -130,22 +130,22 @@ def spread_files(tmp_path, dev: dict[str, list[float]], test: dict[str, list[flo
 def test_spread_says_when_a_better_dev_configuration_is_worse_on_test(tmp_path):
     files = spread_files(tmp_path, {"a": [0.97, 0.98, 0.99], "b": [0.98, 0.99, 1.0], "c": [0.99, 1.0, 1.0]},
                          {"a": [0.99, 0.98, 0.97], "b": [0.97, 0.96, 0.98], "c": [0.95, 0.96, 0.94]})
-    text = compare.spread_report(files, ["intent_accuracy"], seeds=None)
+    text = compare.spread_report(compare.spreads(files, ["intent_accuracy"], seeds=None))
     assert "snips, intent_accuracy (mean over seeds, in points): a 98.00 / 98.00, b 99.00 / 97.00, " \
            "c 99.67 / 95.00  (dev / test)" in text
     # centred means: dev (-8, 1, 7) / 9, test (4, 1, -5) / 3: r = -66 / sqrt(114 * 42) = -0.954
     assert "dev and test means across the 3 configurations: correlation -0.95" in text
     # only seeds 1-2: each configuration's mean changes
-    assert "a 97.50 / 98.50" in compare.spread_report(files, ["intent_accuracy"], seeds=[1, 2])
+    assert "a 97.50 / 98.50" in compare.spread_report(compare.spreads(files, ["intent_accuracy"], seeds=[1, 2]))
 
 
 def test_spread_needs_three_configurations_of_two_seeds(tmp_path):
     files = spread_files(tmp_path, {"a": [0.9, 0.91], "b": [0.92, 0.93]}, {"a": [0.9, 0.91], "b": [0.92, 0.93]})
     with pytest.raises(TwinheadError, match=r"snips: --spread needs 3 or more configurations"):
-        compare.spread_report(files, ["intent_accuracy"], seeds=None)
+        compare.spreads(files, ["intent_accuracy"], seeds=None)
     files += spread_files(tmp_path, {"c": [0.9, 0.91]}, {"c": [0.9, 0.91]})
     with pytest.raises(TwinheadError, match=r"too few seeds: \['a', 'b', 'c'\]"):
-        compare.spread_report(files, ["intent_accuracy"], seeds=[1])
+        compare.spreads(files, ["intent_accuracy"], seeds=[1])
 
 
 def test_spread_plot_draws_each_configuration_at_its_dev_and_test_means(tmp_path):
