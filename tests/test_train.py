@@ -582,3 +582,21 @@ def test_rdrop_trains_and_is_refused_below_zero(data):
     assert np.isfinite(rd.history[0]["train_loss"])
     with pytest.raises(ValueError, match="rdrop"):
         TrainConfig(rdrop=-0.5)
+
+
+def test_a_run_the_epoch_cap_ends_before_early_stopping_warns(data):
+    """train.epochs is a cap: when it, not the dev plateau (train.patience), ends a run, the user is told that
+    dev may still improve. Early stopping, or patience 0 (train for exactly train.epochs), warns nothing."""
+    import warnings
+
+    tr, dev, vocabs = data
+    tcfg = TrainConfig(epochs=2, batch_size=16, lr=0.01, patience=16, mention_replace=0.0, hold_tags=0)
+    with pytest.warns(UserWarning, match=r"train.epochs=2 ended training \d epoch\(s\) after the best dev epoch "
+                                         r"\d, before early stopping .*train.patience=16.*raise train.epochs"):
+        train(tr, dev, vocabs, MCFG, tcfg, seed=3, progress=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="train.epochs=")
+        train(tr, dev, vocabs, MCFG, dataclasses.replace(tcfg, patience=0), seed=3, progress=False)
+        stopped = train(tr, dev, vocabs, MCFG, dataclasses.replace(tcfg, epochs=60, patience=1, lr=0.05), seed=3,
+                        progress=False)
+    assert len(stopped.history) < 60  # the plateau ended it

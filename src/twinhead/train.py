@@ -848,6 +848,10 @@ def train(
                 torch.save({"format": STATE_FORMAT, "fingerprint": fp, **state.state_dict(), **extra}, tmp)
         if on_epoch and world.main:  # after the state is saved: a kill inside the callback loses nothing
             on_epoch(row)
+    if world.main and tcfg.patience and state.bad < tcfg.patience and state.epoch >= tcfg.epochs > resumed_from:
+        warnings.warn(f"train.epochs={tcfg.epochs} ended training {state.bad} epoch(s) after the best dev epoch "
+                      f"{state.best_epoch}, before early stopping would have (train.patience={tcfg.patience}): "
+                      "dev may still improve; raise train.epochs", stacklevel=2)
     average = None
     if len(state.best_window) > 1:
         average = try_average(state, model, vocabs, dev_df, tcfg, world)
