@@ -964,8 +964,10 @@ def test_evaluate_unseen_labels(predictor, rows, data):
                 pytest.approx([t["probability"] for t in pred["top_intents"]], abs=1e-4)
             assert [{**e, "confidence": 0} for e in err["pred_spans"]] == \
                 [{**e, "confidence": 0} for e in pred["entities"]]
+            # entity confidences: 4 significant digits of a CRF marginal computed in other batches (other
+            # padding moves its last float digits: 0.4124 rounded against 0.41251 seen for a 130-fold repeated token)
             assert [e["confidence"] for e in err["pred_spans"]] == \
-                pytest.approx([e["confidence"] for e in pred["entities"]], abs=1e-4)
+                pytest.approx([e["confidence"] for e in pred["entities"]], abs=5e-4)
 
 
 # --- regressions: each of these failed on the code before commit 6204eff ----------------------
