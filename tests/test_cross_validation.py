@@ -1,4 +1,5 @@
-"""k-fold cross-validation splits: each train+dev example held out exactly once, folds fixed by the seed."""
+"""k-fold cross-validation splits: each train+dev example held out exactly once, folds fixed by the seed; and a
+seeded share of the train split (data.train_fraction) that keeps every label."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pydantic import ValidationError
 
 from tests.conftest import snips_sample
 from twinhead.preprocess import PreprocessConfig, preprocess
-from twinhead.readers import DataConfig, Example, cross_validation_split
+from twinhead.readers import DataConfig, Example, cross_validation_split, train_subset
 
 
 def examples(n: int, split: str) -> list[Example]:
@@ -46,3 +47,29 @@ def test_preprocess_writes_the_fold_as_splits(tmp_path):
     pool = set(plain["train"]["text"]) | set(plain["dev"]["text"])
     assert set(cv["test"]["text"]) <= pool and set(cv["dev"]["text"]) <= pool  # the real test split is unused
     assert report["test"]["sentences"] == 16 and report["dev"]["sentences"] == 16
+
+
+def test_train_fraction_keeps_each_labels_share_and_every_label():
+    train = [Example([f"w{i}"], ["O"], "big", f"train:{i}") for i in range(40)]
+    train += [Example([f"v{i}"], ["O"], "small", f"train:{40 + i}") for i in range(3)]
+    train += [Example(["u"], ["O"], "rare", "train:43")]
+    part = train_subset(train, 0.25, seed=3)
+    labels = [ex.intent for ex in part]
+    assert labels.count("big") == 10 and labels.count("small") == 1 and labels.count("rare") == 1
+    assert part == [ex for ex in train if ex in part]  # the original order
+    assert [ex.source for ex in train_subset(train, 0.25, seed=3)] == [ex.source for ex in part]  # seeded
+    assert [ex.source for ex in train_subset(train, 0.25, seed=4)] != [ex.source for ex in part]
+    assert train_subset(train, 1.0, seed=3) is train
+    with pytest.raises(ValidationError, match="train_fraction"):
+        DataConfig(path="x", train_fraction=0)
+
+
+def test_preprocess_shrinks_train_only(tmp_path):
+    raw = snips_sample(tmp_path / "raw", {"train": 40, "dev": 8, "test": 6})
+    plain, _, _, _ = preprocess(raw, None, PreprocessConfig(), seed=1)
+    part, _, report, _ = preprocess(raw, DataConfig(path=str(raw), train_fraction=0.5), PreprocessConfig(), seed=1)
+    assert 16 <= len(part["train"]) <= 24 and report["train"]["sentences"] == len(part["train"])
+    assert set(part["train"]["text"]) < set(plain["train"]["text"])
+    assert set(part["train"]["intent"]) == set(plain["train"]["intent"])  # every label stays
+    for split in ("dev", "test"):
+        assert part[split].equals(plain[split])

@@ -18,7 +18,15 @@ import pandas as pd
 from twinhead import fileio
 from twinhead.errors import DataError
 from twinhead.params import Name, section
-from twinhead.readers import SPLITS, DataConfig, Example, SplitReport, cross_validation_split, read_dataset
+from twinhead.readers import (
+    SPLITS,
+    DataConfig,
+    Example,
+    SplitReport,
+    cross_validation_split,
+    read_dataset,
+    train_subset,
+)
 from twinhead.text import TextPipeline, bio_to_spans, removable_stopwords, spans_to_bio
 
 
@@ -107,14 +115,17 @@ def preprocess(raw: str | Path, data: DataConfig | None, cfg: PreprocessConfig, 
 
     Args:
         raw: dataset folder (BIO folder or JSONL format).
-        data: the `data` params section (format, on_error, dev_fraction, cv_folds, cv_fold); None: defaults.
+        data: the `data` params section (format, on_error, dev_fraction, cv_folds, cv_fold,
+            train_fraction); None: defaults.
         cfg: preprocessing settings.
-        seed: seeds the dev hold-out for JSONL data without dev.jsonl, and the cross-validation folds.
+        seed: seeds the dev hold-out for JSONL data without dev.jsonl, the cross-validation folds and the
+            train share.
     """
     data = data or DataConfig(path=str(raw))
     splits, reports = read_dataset(raw, data.format, cfg.lang, data.on_error, data.dev_fraction, seed)
     if data.cv_folds:
         splits = cross_validation_split(splits, data.cv_folds, data.cv_fold, seed)
+    splits["train"] = train_subset(splits["train"], data.train_fraction, seed)
     tokenizer = TextPipeline(cfg.lang, cfg.lowercase)
     splits = {s: through_pipeline(splits[s], tokenizer) for s in SPLITS}
     pipe = TextPipeline(cfg.lang, cfg.lowercase, stopword_rule(cfg, splits["train"], tokenizer))

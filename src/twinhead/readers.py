@@ -35,6 +35,9 @@ class DataConfig:
     # fold the dev split, the rest train; the dataset's own test split is not used
     cv_folds: NonNegInt = 0
     cv_fold: NonNegInt = 0  # which fold is held out, 0 .. cv_folds-1
+    # < 1: train on a seeded share of the train split, that share of each label's sentences (at least one),
+    # for learning curves and convergence checks on less data; dev and test stay whole
+    train_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
 
     def __post_init__(self):
         if self.cv_folds and self.cv_folds < 3:
@@ -222,6 +225,22 @@ def cross_validation_split(data: dict[str, list[Example]], folds: int, fold: int
     return {"train": [ex for k, ex in enumerate(pool) if of[k] not in (fold, dev_fold)],
             "dev": [ex for k, ex in enumerate(pool) if of[k] == dev_fold],
             "test": [ex for k, ex in enumerate(pool) if of[k] == fold]}
+
+
+def train_subset(train: list[Example], fraction: float, seed: int) -> list[Example]:
+    """A seeded share of `train`: round(fraction * n) of each label's n sentences, at least one, so every label
+    stays; the kept sentences in their original order. `fraction` 1 returns `train` as it is."""
+    if fraction >= 1:
+        return train
+    by_label: dict[str, list[int]] = {}
+    for k, ex in enumerate(train):
+        by_label.setdefault(ex.intent, []).append(k)
+    rng = random.Random(seed)
+    keep = set()
+    for idx in by_label.values():
+        rng.shuffle(idx)
+        keep.update(idx[:max(1, round(len(idx) * fraction))])
+    return [ex for k, ex in enumerate(train) if k in keep]
 
 
 def read_dataset(
