@@ -126,6 +126,8 @@ def curve_figure(rows: list[dict], title: str = ""):
     right.set_ylabel("epochs", fontsize=8)
     right.legend(fontsize=7)
     for ax in (left, right):
+        ax.minorticks_off()
+        ax.set_xticks(xs, [f"{x:,}" for x in xs])  # the sizes measured, as numbers
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle(title or "learning curve: mean over seeds", fontsize=9)

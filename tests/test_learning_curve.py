@@ -75,6 +75,7 @@ def test_figure_draws_the_means_against_the_sizes(tmp_path, capsys):
     assert list(drawn["test sentence acc"].get_ydata()) == pytest.approx([67.0, 88.5])
     assert [list(line.get_ydata()) for line in right.get_lines()] == [[45.0, 42.0], [61.0, 58.0]]
     assert left.get_xscale() == "log"
+    assert [t.get_text() for t in right.get_xticklabels()] == ["1,308", "13,084"]
     saved = tmp_path / "rows.json"
     saved.write_text(json.dumps({"rows": rows}), encoding="utf-8")
     png = tmp_path / "curve.png"
