@@ -52,15 +52,16 @@ def test_sizes_come_from_each_rows_first_run_and_the_table_averages_the_seeds():
 
 def test_train_sentences_are_read_from_the_experiments_data_report():
     class FakeDvc:
-        def __init__(self, text):
-            self.text = text
+        def __init__(self, text, code=0):
+            self.text, self.code = text, code
 
         def git(self, *args, check=True):
-            assert args == ("show", "abc:metrics/data.json")
-            return subprocess.CompletedProcess(args, 0, self.text, "")
+            assert args == ("show", "abc:metrics/data.json") and not check  # a missing file is no error
+            return subprocess.CompletedProcess(args, self.code, self.text, "")
 
     assert lc.train_sentences(FakeDvc(json.dumps({"train": {"sentences": 1308}})), "abc") == 1308
     assert lc.train_sentences(FakeDvc("not json"), "abc") is None
+    assert lc.train_sentences(FakeDvc("", code=128), "abc") is None  # git: the path is not in that commit
 
 
 def test_figure_draws_the_means_against_the_sizes(tmp_path, capsys):
