@@ -46,12 +46,11 @@ def curve_plan(name: str, dataset: str, fractions: list[float], sets: list[str],
             raise TwinheadError(f"--fractions {f}: each must be in (0, 1] (a share of the train split)")
     if len(set(fractions)) != len(fractions):
         raise TwinheadError(f"--fractions {' '.join(map(str, fractions))}: each at most once")
-    keys = {s.partition("=")[0] for s in seeds.check_sets(sets)}
-    if keys & {"data.train_fraction", "data.path", "base.seed"}:
-        raise TwinheadError("--set: data.train_fraction, data.path and base.seed come from --fractions, "
-                            "--dataset and --seeds")
+    # seed_plan checks the name and the sets, and refuses base.seed and data.path among them
+    if "data.train_fraction" in {s.partition("=")[0].lstrip("+") for s in sets}:
+        raise TwinheadError("--set data.train_fraction=...: the fractions come from --fractions")
     label = seeds.dataset_label(dataset)
-    return {f: seeds.seed_plan(f"{seeds.check_name(name)}{fraction_tag(f)}-{label}",
+    return {f: seeds.seed_plan(f"{name}{fraction_tag(f)}-{label}",
                                [*sets, f"data.train_fraction={f}"], seed_list, seeds.dataset_path(dataset),
                                f"{name} {f:g}", label)
             for f in sorted(fractions)}

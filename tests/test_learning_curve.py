@@ -25,6 +25,12 @@ def test_plan_names_each_fraction_and_seed_and_sets_the_share():
             lc.curve_plan("lc", "snips", bad, [], [1])
     with pytest.raises(TwinheadError, match="come from --fractions"):
         lc.curve_plan("lc", "snips", [0.5], ["data.train_fraction=0.3"], [1])
+    for sets, message in ((["base.seed=4"], "come from --seeds"), (["data.path=data/raw/atis"], "dataset once"),
+                          (["train.lr"], "expected key=value")):  # refused by seeds.seed_plan, as for seeds.py
+        with pytest.raises(TwinheadError, match=message):
+            lc.curve_plan("lc", "snips", [0.5], sets, [1])
+    with pytest.raises(TwinheadError, match="becomes a git ref"):
+        lc.curve_plan("-lc", "snips", [0.5], [], [1])
 
 
 def row(fraction: float, runs: list[tuple[int, float, float, int, int]]) -> dict:
